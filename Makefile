@@ -1,0 +1,43 @@
+# One command per task: make run | make test | make lint | make bench
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench services services-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch node_modules/.installed
+
+## run: the main job on the embedded default (SQLite store and key file under DATASOURCES_HOME)
+run: $(STAMP)
+	$(VENV)/bin/datasources demo
+
+## test: install, start PostgreSQL and Azurite, run the whole suite
+test: $(STAMP) node_modules/.installed
+	bash scripts/services.sh start
+	set -a && . .cache/services.env && set +a && $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+services: node_modules/.installed
+	bash scripts/services.sh start
+
+services-stop:
+	bash scripts/services.sh stop
+
+clean:
+	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache

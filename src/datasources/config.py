@@ -1,0 +1,102 @@
+"""Settings, read from the environment (prefix ``DATASOURCES_``) and injected, never imported.
+
+Build one with ``Settings()`` (environment) or ``Settings(home=...)`` (explicit), and pass
+it to :meth:`DataSourceRegistry.from_settings`, the CLI or ``create_app``. Nested models
+read from ``DATASOURCES_POOL__MAX_SIZE`` and the like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from datasources.credentials import register_secret
+
+__all__ = ["PoolSettings", "Settings"]
+
+
+class PoolSettings(BaseModel):
+    """Limits of each data source's connector pool (the seed's defaults)."""
+
+    min_size: int = Field(default=2, ge=0, le=1000)
+    max_size: int = Field(default=10, ge=1, le=1000)
+    acquire_timeout: float = Field(default=30.0, gt=0)
+    idle_timeout: float = Field(default=300.0, gt=0)
+    max_lifetime: float = Field(default=3600.0, gt=0)
+    check_after: float = Field(
+        default=5.0, ge=0, description="Health-check a connector idle at least this long."
+    )
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("datasources", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Secrets are ``SecretStr``: never in a repr or a log."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DATASOURCES_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="State folder: the SQLite store, the key file, workspaces.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the store (postgresql+asyncpg://…); default SQLite in home.",
+    )
+    secret_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated Fernet keys, newest first. Overrides the key file.",
+    )
+    key_file: Path | None = Field(
+        default=None, description="Key file path; default <home>/secret.key."
+    )
+    create_key_file: bool = Field(
+        default=True,
+        description="Create the key file on first use (the embedded default).",
+    )
+    owner: str = Field(default="local", description="Owner of sources created by the CLI.")
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    log_level: str = "WARNING"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    def model_post_init(self, context: object, /) -> None:
+        # Secrets an operator configures are scrubbed from logs from the start.
+        for secret in (self.database_url, self.secret_keys):
+            if secret is not None:
+                register_secret(secret.get_secret_value())
+
+    @property
+    def resolved_key_file(self) -> Path:
+        """Where the key file lives."""
+        return (self.key_file or self.home / "secret.key").expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The store's SQLAlchemy URL (async driver)."""
+        if self.database_url is not None:
+            url = self.database_url.get_secret_value()
+            # Accept the plain libpq scheme people copy from elsewhere.
+            for prefix in ("postgresql://", "postgres://"):
+                if url.startswith(prefix):
+                    return "postgresql+asyncpg://" + url[len(prefix) :]
+            return url
+        return f"sqlite+aiosqlite:///{self.home / 'datasources.db'}"
+
+    def key_list(self) -> list[str]:
+        """Keys from ``DATASOURCES_SECRET_KEYS`` (empty when not set)."""
+        if self.secret_keys is None:
+            return []
+        return [k.strip() for k in self.secret_keys.get_secret_value().split(",") if k.strip()]

@@ -1,0 +1,377 @@
+"""The connector contract every data source implements.
+
+A connector is an async context manager with a handful of abstract methods (connect,
+disconnect, test_connection, iter_items, get_metadata, fetch_data, upload_data). It
+declares its ``type``, its pydantic ``config_model`` (validated at registration, every
+bad field named) and which config fields are ``secret_fields``. Listing helpers
+(``list_items``, ``list_page`` with opaque cursors, glob matching) and the streamed,
+verified, provenance-recording fetch into a :class:`~datasources.workspace.Workspace`
+live here once, for every connector.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from datasources.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    LimitExceededError,
+    ReadOnlyError,
+)
+from datasources.models import ConnectionStatus, DataItem, Page
+from datasources.workspace import Workspace
+
+__all__ = [
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "BaseConnector",
+    "ConnectorConfig",
+    "ProgressCallback",
+    "compile_glob",
+    "glob_prefix",
+]
+
+DEFAULT_MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
+"""The seed's Requirement 10: 100 MiB per fetched file unless a source raises it."""
+
+MAX_PAGE_SIZE = 5000
+
+ProgressCallback = Callable[[int, int | None], None]
+"""Called with (bytes done, total bytes or None) while a transfer runs."""
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's config model: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_download_bytes: int | None = Field(
+        default=DEFAULT_MAX_DOWNLOAD_BYTES,
+        ge=0,
+        description="Largest file fetch_data accepts; null for no limit.",
+    )
+
+
+ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "config"
+
+
+def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
+    """Field names and messages of a pydantic error, never the offending values."""
+    return [
+        (_format_loc(e["loc"]), e["msg"])
+        for e in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+@lru_cache(maxsize=256)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Compile a path glob: ``*`` and ``?`` stay within a segment, ``**`` crosses them."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def glob_prefix(pattern: str) -> str:
+    """The literal part of a glob before its first wildcard (a listing prefix)."""
+    match = re.search(r"[*?\[]", pattern)
+    return pattern if match is None else pattern[: match.start()]
+
+
+def encode_cursor(last: str) -> str:
+    """An opaque cursor that resumes a listing after ``last``."""
+    return base64.urlsafe_b64encode(json.dumps({"after": last}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The inverse of :func:`encode_cursor`; :class:`InvalidInputError` when malformed."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        after = data["after"]
+        if not isinstance(after, str):
+            raise TypeError
+        return after
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+        raise InvalidInputError("The cursor is malformed; start the listing again.") from None
+
+
+class BaseConnector(ABC, Generic[ConfigT]):
+    """The contract every data source connector implements.
+
+    Args:
+        config: The connector's config model, or a mapping validated into it.
+        source_id: The registered source's id (recorded in provenance).
+        read_only: Refuse every write (uploads).
+    """
+
+    type: ClassVar[str]
+    config_model: ClassVar[builtins.type[ConnectorConfig]]
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+    target_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields that say *where* to connect: changing one invalidates a masked secret."""
+
+    def __init__(
+        self,
+        config: ConfigT | Mapping[str, Any],
+        *,
+        source_id: str = "adhoc",
+        read_only: bool = False,
+    ) -> None:
+        model = config if isinstance(config, ConnectorConfig) else self.validate_config(config)
+        if not isinstance(model, self.config_model):
+            raise ConfigurationError(f"{type(self).__name__} needs a {self.config_model.__name__}.")
+        self.config: ConfigT = cast(ConfigT, model)
+        self.source_id = source_id
+        self.read_only = read_only
+        self._connected = False
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected else "disconnected"
+        return f"{type(self).__name__}(source_id={self.source_id!r}, {state})"
+
+    # -- configuration -----------------------------------------------------------------
+
+    @classmethod
+    def validate_config(cls, raw: Mapping[str, Any]) -> ConnectorConfig:
+        """Validate a raw config, naming every bad field (never echoing values)."""
+        try:
+            return cls.config_model.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise ConfigurationError.from_fields(
+                validation_problems(exc), prefix=f"Invalid {cls.type} configuration"
+            ) from None
+
+    @classmethod
+    async def check_config(cls, config: ConnectorConfig) -> None:
+        """Registration-time checks beyond the model (e.g. that a folder exists)."""
+
+    @classmethod
+    def secret_values(cls, config: ConnectorConfig) -> dict[str, str]:
+        """The plain secret values of a validated config (for encryption)."""
+        values: dict[str, str] = {}
+        for name in cls.secret_fields:
+            value = getattr(config, name, None)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value:
+                values[name] = str(value)
+        return values
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` succeeded and :meth:`disconnect` has not run."""
+        return self._connected
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the connection (decrypted secrets are used here and kept nowhere else)."""
+
+    @abstractmethod
+    async def disconnect(self) -> None:
+        """Release every resource. Safe to call twice."""
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    async def ping(self) -> bool:
+        """A cheap liveness check; pools call it before lending an idle connector."""
+        return self._connected
+
+    @abstractmethod
+    async def test_connection(self) -> ConnectionStatus:
+        """Check reachability and credentials; report latency and warnings."""
+
+    # -- listing -----------------------------------------------------------------------
+
+    @abstractmethod
+    def iter_items(
+        self,
+        prefix: str | None = None,
+        *,
+        delimiter: str | None = None,
+        glob: str | None = None,
+        start_after: str | None = None,
+    ) -> AsyncIterator[DataItem]:
+        """Yield items in ascending path order, lazily, page by page from the source."""
+
+    async def list_items(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int | None = None,
+        delimiter: str | None = None,
+        glob: str | None = None,
+    ) -> list[DataItem]:
+        """The first ``limit`` items (all when ``None``) as a list."""
+        if limit is not None and limit < 0:
+            raise InvalidInputError("limit must be >= 0.")
+        items: list[DataItem] = []
+        if limit == 0:
+            return items
+        async for item in self.iter_items(prefix, delimiter=delimiter, glob=glob):
+            items.append(item)
+            if limit is not None and len(items) >= limit:
+                break
+        return items
+
+    async def list_page(
+        self,
+        prefix: str | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        delimiter: str | None = None,
+        glob: str | None = None,
+    ) -> Page:
+        """One page of at most ``limit`` items and a cursor for the next page."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
+        after = decode_cursor(cursor) if cursor else None
+        items: list[DataItem] = []
+        more = False
+        async for item in self.iter_items(
+            prefix, delimiter=delimiter, glob=glob, start_after=after
+        ):
+            if len(items) == limit:
+                more = True
+                break
+            items.append(item)
+        next_cursor = encode_cursor(items[-1].path) if more and items else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    @abstractmethod
+    async def get_metadata(self, path: str) -> DataItem:
+        """Metadata of one item; :class:`NotFoundError` if it does not exist."""
+
+    # -- transfer ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def fetch_data(
+        self,
+        path: str,
+        workspace_dir: Path | str | Workspace,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Stream one item into the workspace (atomic, verified, with provenance)."""
+
+    @abstractmethod
+    async def upload_data(
+        self, local_path: Path | str, remote_path: str, *, overwrite: bool = False
+    ) -> DataItem:
+        """Upload a local file; :class:`AlreadyExistsError` unless ``overwrite``."""
+
+    # -- helpers for implementations -------------------------------------------------
+
+    def require_writable(self) -> None:
+        """Raise :class:`ReadOnlyError` on a read-only source."""
+        if self.read_only:
+            raise ReadOnlyError(f"Data source {self.source_id!r} is read-only.")
+
+    def check_size(self, path: str, size: int | None) -> None:
+        """Refuse a fetch larger than ``max_download_bytes`` before any byte is written."""
+        limit = self.config.max_download_bytes
+        if limit is not None and size is not None and size > limit:
+            raise LimitExceededError(
+                f"{path!r} is {size} bytes, over this source's limit of {limit} bytes "
+                "(raise max_download_bytes to fetch it).",
+                details={"size_bytes": size, "limit_bytes": limit},
+            )
+
+    async def stream_into_workspace(
+        self,
+        path: str,
+        workspace_dir: Path | str | Workspace,
+        *,
+        item: DataItem,
+        chunks: Callable[[], AsyncIterator[bytes]],
+        progress: ProgressCallback | None = None,
+        expected_md5: bytes | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """The shared fetch pipeline: limit, cache by etag, atomic verified write, manifest.
+
+        ``chunks`` is only called when the workspace does not already hold the same
+        version (same source, path and etag), so an unchanged item transfers 0 bytes.
+        """
+        workspace = (
+            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
+        )
+        workspace.path_for(path)  # validate the name before touching the source
+        self.check_size(path, item.size)
+        cached = workspace.is_current(path, source_id=self.source_id, etag=item.etag)
+        if cached is not None:
+            if progress is not None:
+                progress(0, item.size)
+            return cached
+        record = {
+            "source_id": self.source_id,
+            "source_type": str(self.type),
+            "remote_path": path,
+            "etag": item.etag,
+            **(provenance or {}),
+        }
+        done = 0
+        async with workspace.writer(
+            path,
+            max_bytes=self.config.max_download_bytes,
+            expected_size=item.size,
+            expected_md5=expected_md5,
+            provenance=record,
+        ) as writer:
+            if progress is not None:
+                progress(0, item.size)
+            async for chunk in chunks():
+                await writer.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, item.size)
+        return writer.path

@@ -1,0 +1,1 @@
+"""Sample data for ``datasources demo`` (what ``make run`` shows)."""

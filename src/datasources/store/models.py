@@ -1,0 +1,50 @@
+"""The store's tables. Secrets live only in ``secrets`` as Fernet tokens, one per field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "DataSourceRow"]
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations are deterministic."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DataSourceRow(Base):
+    """One registered data source of one owner."""
+
+    __tablename__ = "data_sources"
+    __table_args__ = (
+        UniqueConstraint("owner", "name", name="uq_data_sources_owner_name"),
+        Index("ix_data_sources_owner_type", "owner", "type"),
+    )
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secrets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:  # never the secrets, not even as tokens
+        return f"DataSourceRow(owner={self.owner!r}, id={self.id!r}, type={self.type!r})"

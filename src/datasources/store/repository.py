@@ -1,0 +1,303 @@
+"""The store: opening (with migrations), and the data-source repository."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from datasources.errors import (
+    AlreadyExistsError,
+    ConfigurationError,
+    NotFoundError,
+    UnavailableError,
+)
+from datasources.store.models import Base, DataSourceRow
+
+__all__ = ["Store", "StoredSource"]
+
+logger = logging.getLogger(__name__)
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK_ID = 0x6461746173  # "datas": serialises replicas migrating one database
+
+
+@dataclass(frozen=True)
+class StoredSource:
+    """A data source as stored: plain config plus encrypted secret tokens."""
+
+    owner: str
+    id: str
+    name: str
+    type: str
+    description: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    read_only: bool = False
+    tags: list[str] = field(default_factory=list)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def with_changes(self, **changes: Any) -> StoredSource:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _to_record(row: DataSourceRow) -> StoredSource:
+    return StoredSource(
+        owner=row.owner,
+        id=row.id,
+        name=row.name,
+        type=row.type,
+        description=row.description or "",
+        config=dict(row.config or {}),
+        secrets=dict(row.secrets or {}),
+        read_only=bool(row.read_only),
+        tags=list(row.tags or []),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _run_migrations(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+class Store:
+    """The registry's database.
+
+    Args:
+        url: SQLAlchemy async URL (``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``).
+        migrate: Run Alembic migrations on open (``create_all`` for in-memory SQLite).
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self._url = url
+        self._migrate = migrate
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[Any] | None = None
+
+    @classmethod
+    def memory(cls) -> Store:
+        """A private in-memory SQLite store (for ``DataSourceRegistry()``)."""
+        return cls("sqlite+aiosqlite://", migrate=False)
+
+    def __repr__(self) -> str:
+        url = make_url(self._url)
+        return f"Store({url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return make_url(self._url).get_backend_name()
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, if this is a file-backed SQLite store."""
+        url = make_url(self._url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(url.database or "")
+        return None
+
+    async def open(self) -> None:
+        """Create the engine and bring the schema up to date."""
+        if self._engine is not None:
+            return
+        try:
+            url = make_url(self._url)
+        except sa_exc.ArgumentError:
+            raise ConfigurationError("The store's database URL is malformed.") from None
+        kwargs: dict[str, Any] = {}
+        path = self.sqlite_path
+        if url.get_backend_name() == "sqlite":
+            if path is None:
+                kwargs["poolclass"] = StaticPool
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not path.exists():  # the store holds only tokens, but keep it private
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+        try:
+            engine = create_async_engine(url, **kwargs)
+        except (sa_exc.ArgumentError, ModuleNotFoundError):
+            raise ConfigurationError(
+                "The store's database URL names an unsupported driver; use sqlite+aiosqlite or "
+                "postgresql+asyncpg."
+            ) from None
+        if url.get_backend_name() == "sqlite":
+            from sqlalchemy import event
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA foreign_keys=ON")
+                if path is not None:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    cursor.execute("PRAGMA busy_timeout=5000")
+                cursor.close()
+
+        try:
+            async with engine.begin() as conn:
+                if not self._migrate:
+                    await conn.run_sync(Base.metadata.create_all)
+                else:
+                    if url.get_backend_name() == "postgresql":
+                        await conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                        )
+                    await conn.run_sync(_run_migrations)
+        except (OSError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            await engine.dispose()
+            logger.error("Cannot open the store: %s", exc)
+            raise UnavailableError("The registry's database cannot be reached.") from None
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        """Dispose of the engine. Safe to call twice."""
+        if self._engine is not None:
+            await self._engine.dispose()
+        self._engine = None
+        self._sessions = None
+
+    def _session(self) -> Any:
+        if self._sessions is None:
+            raise UnavailableError("The store is not open.")
+        return self._sessions()
+
+    async def ping(self) -> bool:
+        """Whether the database answers."""
+        try:
+            async with self._session() as session:
+                await session.execute(text("SELECT 1"))
+            return True
+        except (UnavailableError, sa_exc.SQLAlchemyError, OSError):
+            return False
+
+    # -- repository ------------------------------------------------------------------
+
+    async def add(self, record: StoredSource) -> StoredSource:
+        """Insert; :class:`AlreadyExistsError` if the id or name is taken for that owner."""
+        row = DataSourceRow(
+            owner=record.owner,
+            id=record.id,
+            name=record.name,
+            type=record.type,
+            description=record.description,
+            config=record.config,
+            secrets=record.secrets,
+            read_only=record.read_only,
+            tags=record.tags,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+        try:
+            async with self._session() as session, session.begin():
+                session.add(row)
+        except sa_exc.IntegrityError:
+            raise AlreadyExistsError(
+                f"A data source with id {record.id!r} or name {record.name!r} already exists."
+            ) from None
+        return record
+
+    async def get(self, owner: str, source_id: str) -> StoredSource | None:
+        """One source of ``owner`` by id."""
+        async with self._session() as session:
+            row = await session.get(DataSourceRow, (owner, source_id))
+            return _to_record(row) if row is not None else None
+
+    async def get_by_name(self, owner: str, name: str) -> StoredSource | None:
+        """One source of ``owner`` by its unique name."""
+        async with self._session() as session:
+            result = await session.execute(
+                select(DataSourceRow).where(
+                    DataSourceRow.owner == owner, DataSourceRow.name == name
+                )
+            )
+            row = result.scalar_one_or_none()
+            return _to_record(row) if row is not None else None
+
+    async def list(
+        self, owner: str, *, limit: int | None = None, after_id: str | None = None
+    ) -> list[StoredSource]:
+        """Sources of ``owner`` in id order; keyset-paginated with ``after_id``."""
+        query = select(DataSourceRow).where(DataSourceRow.owner == owner).order_by(DataSourceRow.id)
+        if after_id is not None:
+            query = query.where(DataSourceRow.id > after_id)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._session() as session:
+            result = await session.execute(query)
+            return [_to_record(r) for r in result.scalars()]
+
+    async def update(self, record: StoredSource) -> StoredSource:
+        """Replace a stored source's mutable fields."""
+        try:
+            async with self._session() as session, session.begin():
+                row = await session.get(
+                    DataSourceRow, (record.owner, record.id), with_for_update=True
+                )
+                if row is None:
+                    raise NotFoundError(f"Data source {record.id!r} not found.")
+                row.name = record.name
+                row.description = record.description
+                row.config = record.config
+                row.secrets = record.secrets
+                row.read_only = record.read_only
+                row.tags = record.tags
+                row.updated_at = record.updated_at
+        except sa_exc.IntegrityError:
+            raise AlreadyExistsError(
+                f"A data source named {record.name!r} already exists."
+            ) from None
+        return record
+
+    async def delete(self, owner: str, source_id: str) -> bool:
+        """Delete; whether a row was removed."""
+        async with self._session() as session, session.begin():
+            result = await session.execute(
+                delete(DataSourceRow).where(
+                    DataSourceRow.owner == owner, DataSourceRow.id == source_id
+                )
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    async def transform_secrets(self, transform: Callable[[StoredSource], dict[str, str]]) -> int:
+        """Rewrite every source's secret tokens in one transaction (all or nothing).
+
+        ``transform`` gets each source that has secrets and returns its new tokens; if it
+        raises for any source, nothing is written. Returns how many sources changed.
+        """
+        changed = 0
+        async with self._session() as session, session.begin():
+            query = select(DataSourceRow).order_by(DataSourceRow.owner, DataSourceRow.id)
+            if self.dialect == "postgresql":
+                query = query.with_for_update()
+            result = await session.execute(query)
+            for row in result.scalars():
+                if not row.secrets:
+                    continue
+                row.secrets = transform(_to_record(row))
+                changed += 1
+        return changed

@@ -1,0 +1,494 @@
+"""The one place that turns a remote path into a local path, and writes there safely.
+
+* :func:`safe_relative_path` normalises ``\\`` to ``/`` and rejects absolute paths, ``..``
+  and ``.`` segments, empty segments, NUL and control characters and over-long names.
+* :func:`resolve_inside` resolves symlinks and proves containment with
+  :meth:`Path.is_relative_to` on resolved paths (never a string prefix test).
+* :class:`AtomicFile` writes to a temp file (``O_EXCL | O_NOFOLLOW``), hashes as it goes,
+  checks size and checksums, fsyncs, then renames into place; any failure leaves no file.
+* :class:`Workspace` is a folder that fetched data is streamed into. It keeps a
+  provenance manifest (``.datasources/manifest.jsonl``, append-only, one JSON object a
+  line, last line per path wins) and its temp files under ``.datasources/tmp``, so a
+  half-written file never appears among the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import stat
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from datasources.errors import IntegrityError, LimitExceededError, NotFoundError, UnsafePathError
+
+__all__ = [
+    "MAX_PATH_BYTES",
+    "MAX_SEGMENT_BYTES",
+    "RESERVED_DIR",
+    "AtomicFile",
+    "ManifestEntry",
+    "Workspace",
+    "resolve_inside",
+    "safe_relative_path",
+]
+
+MAX_SEGMENT_BYTES = 255
+MAX_PATH_BYTES = 4096
+RESERVED_DIR = ".datasources"
+"""The workspace's own folder (manifest, temp files); no remote path may land in it."""
+
+_COPY_CHUNK = 1024 * 1024
+
+
+def _describe(path: str) -> str:
+    shown = path if len(path) <= 120 else path[:117] + "..."
+    return repr(shown)
+
+
+def safe_relative_path(path: str, *, allow_reserved: bool = False) -> PurePosixPath:
+    """Validate a remote name and return it as a safe relative POSIX path.
+
+    Raises:
+        UnsafePathError: absolute, traversal, empty, control characters, over-long,
+            or (unless ``allow_reserved``) inside the workspace's reserved folder.
+    """
+    if not isinstance(path, str):
+        raise UnsafePathError("The path must be text.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise UnsafePathError(f"The path {_describe(path)} contains a NUL or control character.")
+    normalised = path.replace("\\", "/")
+    if not normalised.strip("/"):
+        raise UnsafePathError("The path is empty.")
+    if normalised.startswith("/") or (len(normalised) > 1 and normalised[1] == ":"):
+        raise UnsafePathError(f"The path {_describe(path)} is absolute; use a relative path.")
+    if len(normalised.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise UnsafePathError(f"The path is longer than {MAX_PATH_BYTES} bytes.")
+    segments = normalised.split("/")
+    if segments[-1] == "":
+        raise UnsafePathError(f"The path {_describe(path)} names a folder, not a file.")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise UnsafePathError(f"The path {_describe(path)} has an empty, '.' or '..' segment.")
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise UnsafePathError(f"A name in the path is longer than {MAX_SEGMENT_BYTES} bytes.")
+    if not allow_reserved and segments[0] == RESERVED_DIR:
+        raise UnsafePathError(f"The folder {RESERVED_DIR!r} is reserved.")
+    return PurePosixPath(*segments)
+
+
+def resolve_inside(root: Path, relative: PurePosixPath | str) -> Path:
+    """Join ``relative`` to ``root`` and prove the result stays inside, symlinks resolved.
+
+    The returned path is the *resolved* target, so a symlink anywhere on the way that
+    points out of ``root`` is refused, not followed.
+    """
+    rel = relative if isinstance(relative, PurePosixPath) else safe_relative_path(relative)
+    root_resolved = root.resolve()
+    candidate = root_resolved.joinpath(*rel.parts)
+    resolved = candidate.resolve(strict=False)
+    if not resolved.is_relative_to(root_resolved) or resolved == root_resolved:
+        raise UnsafePathError(f"The path {_describe(str(rel))} leads outside its root.")
+    return resolved
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A file that appears at ``target`` whole and verified, or not at all.
+
+    Sequential :meth:`write` calls are hashed as they go; :meth:`pwrite` (positional,
+    for concurrent ranged downloads) is allowed too, in which case the digests are
+    computed by reading the file back at :meth:`commit`.
+
+    Args:
+        target: Final path (its parent is created).
+        tmp_dir: Where the temp file lives; must be on the same filesystem as ``target``.
+        max_bytes: Refuse to write more than this.
+        expected_size: Checked at commit.
+        expected_md5: Raw 16-byte digest (Azure's Content-MD5), checked at commit.
+        expected_sha256: Hex digest, checked at commit.
+        overwrite: If false, commit fails with ``FileExistsError`` when ``target`` exists.
+    """
+
+    def __init__(
+        self,
+        target: Path,
+        *,
+        tmp_dir: Path | None = None,
+        max_bytes: int | None = None,
+        expected_size: int | None = None,
+        expected_md5: bytes | None = None,
+        expected_sha256: str | None = None,
+        overwrite: bool = True,
+    ) -> None:
+        self.target = target
+        self.max_bytes = max_bytes
+        self.expected_size = expected_size
+        self.expected_md5 = expected_md5
+        self.expected_sha256 = expected_sha256
+        self.overwrite = overwrite
+        self.bytes_written = 0
+        self._extent = 0
+        self._sequential = True
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._sha256 = hashlib.sha256()
+        self._lock = threading.Lock()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        directory = tmp_dir or target.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = directory / f".{secrets.token_hex(8)}.part"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(self.tmp_path, flags, 0o644)
+        self.sha256: str | None = None
+        self.md5: bytes | None = None
+
+    def _check_limit(self, end: int) -> None:
+        if self.max_bytes is not None and end > self.max_bytes:
+            raise LimitExceededError(
+                f"The file is larger than the limit of {self.max_bytes} bytes.",
+                details={"limit_bytes": self.max_bytes},
+            )
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` (the normal, hashed-as-it-goes path)."""
+        if self._fd is None:
+            raise ValueError("The file is closed.")
+        self._check_limit(self._extent + len(data))
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._md5.update(data)
+        self._sha256.update(data)
+        self._extent += len(data)
+        self.bytes_written += len(data)
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``; thread-safe, for concurrent ranged transfers."""
+        if self._fd is None:
+            raise ValueError("The file is closed.")
+        end = offset + len(data)
+        self._check_limit(end)
+        view = memoryview(data)
+        position = offset
+        while view:
+            written = os.pwrite(self._fd, view, position)
+            view = view[written:]
+            position += written
+        with self._lock:
+            self._sequential = False
+            self._extent = max(self._extent, end)
+            self.bytes_written += len(data)
+
+    def _digest_back(self) -> None:
+        md5 = hashlib.md5(usedforsecurity=False)
+        sha = hashlib.sha256()
+        with open(self.tmp_path, "rb") as fh:
+            while chunk := fh.read(_COPY_CHUNK):
+                md5.update(chunk)
+                sha.update(chunk)
+        self._md5, self._sha256 = md5, sha
+
+    def commit(self) -> Path:
+        """Verify, fsync and rename into place; on any failure the temp file is removed."""
+        if self._fd is None:
+            raise ValueError("The file is closed.")
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            size = os.stat(self.tmp_path).st_size
+            if self.expected_size is not None and size != self.expected_size:
+                raise IntegrityError(
+                    f"Transfer incomplete: got {size} bytes, expected {self.expected_size}.",
+                    details={"received_bytes": size, "expected_bytes": self.expected_size},
+                )
+            if not self._sequential:
+                self._digest_back()
+            self.md5 = self._md5.digest()
+            self.sha256 = self._sha256.hexdigest()
+            if self.expected_md5 is not None and self.md5 != self.expected_md5:
+                raise IntegrityError("Transfer corrupted: the MD5 checksum does not match.")
+            if self.expected_sha256 is not None and self.sha256 != self.expected_sha256.lower():
+                raise IntegrityError("Transfer corrupted: the SHA-256 checksum does not match.")
+            if self.overwrite:
+                os.replace(self.tmp_path, self.target)
+            else:
+                # link() fails if the target exists: an atomic no-clobber rename.
+                os.link(self.tmp_path, self.target)
+                os.unlink(self.tmp_path)
+            _fsync_dir(self.target.parent)
+            return self.target
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close and delete the temp file. Safe to call more than once."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_path)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class ManifestEntry(BaseModel):
+    """Where one workspace file came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="Relative path inside the workspace.")
+    source_id: str
+    source_type: str
+    remote_path: str | None = None
+    query: str | None = None
+    etag: str | None = None
+    version: str | None = None
+    size: int
+    sha256: str
+    mtime_ns: int = 0
+    fetched_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class AsyncAtomicWriter:
+    """The async face of :class:`AtomicFile`: disk calls run in a worker thread."""
+
+    def __init__(self, file: AtomicFile) -> None:
+        self._file = file
+
+    @property
+    def path(self) -> Path:
+        """The final path."""
+        return self._file.target
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written so far."""
+        return self._file.bytes_written
+
+    async def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``."""
+        await asyncio.to_thread(self._file.write, data)
+
+    async def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``."""
+        await asyncio.to_thread(self._file.pwrite, data, offset)
+
+    @property
+    def file(self) -> AtomicFile:
+        """The underlying synchronous file."""
+        return self._file
+
+
+class Workspace:
+    """A folder that data is fetched into, with a provenance manifest.
+
+    Args:
+        root: The folder (created if missing).
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._state = self.root / RESERVED_DIR
+        self._state.mkdir(exist_ok=True)
+        self.tmp_dir = self._state / "tmp"
+        self.tmp_dir.mkdir(exist_ok=True)
+        self.manifest_path = self._state / "manifest.jsonl"
+        self._entries: dict[str, ManifestEntry] = {}
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    def path_for(self, remote_path: str) -> Path:
+        """The local path a remote name maps to (validated, inside the workspace)."""
+        return resolve_inside(self.root, safe_relative_path(remote_path))
+
+    def relative(self, local: Path) -> str:
+        """``local`` as a workspace-relative POSIX path."""
+        return local.relative_to(self.root).as_posix()
+
+    @contextlib.asynccontextmanager
+    async def writer(
+        self,
+        remote_path: str,
+        *,
+        max_bytes: int | None = None,
+        expected_size: int | None = None,
+        expected_md5: bytes | None = None,
+        expected_sha256: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> AsyncIterator[AsyncAtomicWriter]:
+        """Write one file atomically; on success its provenance is appended to the manifest.
+
+        ``provenance`` holds the :class:`ManifestEntry` fields other than path, size,
+        sha256 and mtime (which are measured here). Without it no entry is recorded.
+        """
+        target = self.path_for(remote_path)
+        if target.is_dir() and not target.is_symlink():
+            raise UnsafePathError(f"{remote_path!r} is a folder in the workspace.")
+        file = await asyncio.to_thread(
+            AtomicFile,
+            target,
+            tmp_dir=self.tmp_dir,
+            max_bytes=max_bytes,
+            expected_size=expected_size,
+            expected_md5=expected_md5,
+            expected_sha256=expected_sha256,
+        )
+        try:
+            yield AsyncAtomicWriter(file)
+        except BaseException:
+            await asyncio.to_thread(file.abort)
+            raise
+        await asyncio.to_thread(file.commit)
+        if provenance is not None:
+            st = target.stat()
+            entry = ManifestEntry(
+                path=self.relative(target),
+                size=st.st_size,
+                sha256=file.sha256 or "",
+                mtime_ns=st.st_mtime_ns,
+                **provenance,
+            )
+            await asyncio.to_thread(self.record, entry)
+
+    def record(self, entry: ManifestEntry) -> None:
+        """Append one provenance entry (locked across processes, fsynced)."""
+        line = entry.model_dump_json() + "\n"
+        with self._lock, open(self.manifest_path, "a", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _load(self) -> None:
+        try:
+            size = self.manifest_path.stat().st_size
+        except FileNotFoundError:
+            self._entries, self._offset = {}, 0
+            return
+        if size < self._offset:  # truncated or replaced: read again from the start
+            self._entries, self._offset = {}, 0
+        if size == self._offset:
+            return
+        with open(self.manifest_path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        complete = data.rfind(b"\n") + 1  # a line still being appended is read next time
+        for raw in data[:complete].splitlines():
+            try:
+                entry = ManifestEntry.model_validate_json(raw)
+            except ValueError:
+                continue  # a damaged line loses only its own entry
+            self._entries[entry.path] = entry
+        self._offset += complete
+
+    def manifest(self) -> dict[str, ManifestEntry]:
+        """The current provenance of every recorded file whose file still exists."""
+        with self._lock:
+            self._load()
+            entries = dict(self._entries)
+        return {p: e for p, e in entries.items() if (self.root / p).is_file()}
+
+    def lookup(self, remote_path: str) -> ManifestEntry | None:
+        """The provenance of the file ``remote_path`` maps to, if recorded."""
+        rel = self.relative(self.path_for(remote_path))
+        with self._lock:
+            self._load()
+            return self._entries.get(rel)
+
+    def is_current(self, remote_path: str, *, source_id: str, etag: str | None) -> Path | None:
+        """The local file if it was fetched from the same source and etag and is unchanged."""
+        if not etag:
+            return None
+        entry = self.lookup(remote_path)
+        if entry is None or entry.source_id != source_id or entry.etag != etag:
+            return None
+        if entry.remote_path not in (None, remote_path):
+            return None
+        local = self.path_for(remote_path)
+        try:
+            st = local.lstat()
+        except FileNotFoundError:
+            return None
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_size != entry.size
+            or st.st_mtime_ns != entry.mtime_ns
+        ):
+            return None
+        return local
+
+    def open_local(self, remote_path: str) -> Path:
+        """An existing regular file of the workspace, or :class:`NotFoundError`."""
+        local = self.path_for(remote_path)
+        if not local.is_file():
+            raise NotFoundError(f"{remote_path!r} is not in the workspace.")
+        return local
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every data file, the reserved folder excluded."""
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root and RESERVED_DIR in dirnames:
+                dirnames.remove(RESERVED_DIR)
+            dirnames.sort()
+            for name in sorted(filenames):
+                yield Path(dirpath) / name
+
+
+def md5_from_base64(value: str | None) -> bytes | None:
+    """Decode a Content-MD5 header value; ``None`` for missing or malformed."""
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None
+
+
+def dump_manifest(workspace: Workspace) -> str:
+    """The manifest as one pretty JSON document (for people and the CLI)."""
+    return json.dumps(
+        {p: e.model_dump(mode="json") for p, e in workspace.manifest().items()}, indent=2
+    )
