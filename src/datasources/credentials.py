@@ -233,21 +233,39 @@ class CredentialManager:
             empty means no key: reading plain configs works, storing a secret does not.
     """
 
-    def __init__(self, keys: Sequence[str | bytes] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Sequence[str | bytes] | None = None,
+        *,
+        key_file: Path | None = None,
+        create_key_file: bool = False,
+    ) -> None:
+        self._key_file = key_file
+        self._create_key_file = create_key_file
+        self._fernet: MultiFernet | None = None
+        self._key_count = 0
+        self._set_keys(keys or ())
+        install_log_redaction()
+
+    def _set_keys(self, keys: Sequence[str | bytes]) -> None:
         fernets: list[Fernet] = []
-        for index, key in enumerate(keys or ()):
-            raw = key.encode("ascii") if isinstance(key, str) else key
+        for index, key in enumerate(keys):
+            raw = (key.encode("ascii") if isinstance(key, str) else key).strip()
             try:
-                fernets.append(Fernet(raw.strip()))
+                fernets.append(Fernet(raw))
             except (ValueError, TypeError):
                 raise ConfigurationError(
                     f"Encryption key #{index + 1} is not a valid Fernet key "
                     "(generate one with 'datasources secrets generate-key')."
                 ) from None
-            register_secret(raw.strip().decode("ascii", "replace"))
-        self._fernet: MultiFernet | None = MultiFernet(fernets) if fernets else None
+            register_secret(raw.decode("ascii", "replace"))
+        self._fernet = MultiFernet(fernets) if fernets else None
         self._key_count = len(fernets)
-        install_log_redaction()
+
+    @classmethod
+    def from_key_file(cls, path: Path, *, create: bool) -> CredentialManager:
+        """Keys from a key file; with ``create``, the file is made when a secret is first stored."""
+        return cls(load_key_file(path, create=False), key_file=path, create_key_file=create)
 
     @classmethod
     def ephemeral(cls) -> CredentialManager:
@@ -268,6 +286,8 @@ class CredentialManager:
         return self._key_count
 
     def _require(self) -> MultiFernet:
+        if self._fernet is None and self._key_file is not None and self._create_key_file:
+            self._set_keys(load_key_file(self._key_file, create=True))
         if self._fernet is None:
             raise MissingKeyError()
         return self._fernet

@@ -75,7 +75,9 @@ class DataSourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     id: str = Field(default="", description="Unique per owner; defaults to a slug of the name.")
-    type: str = Field(description="Connector type, e.g. 'local_folder'.")
+    type: DataSourceType | str = Field(
+        union_mode="left_to_right", description="Connector type, e.g. 'local_folder'."
+    )
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
     config: dict[str, Any] = Field(default_factory=dict)

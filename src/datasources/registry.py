@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from datasources.config import PoolSettings, Settings
 from datasources.connectors.base import BaseConnector, ConnectorConfig, validation_problems
-from datasources.credentials import MASK, CredentialManager, load_key_file
+from datasources.credentials import MASK, CredentialManager
 from datasources.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -156,11 +156,16 @@ class DataSourceRegistry:
     def from_settings(cls, settings: Settings) -> DataSourceRegistry:
         """A persistent registry: the configured store, keys and pool limits."""
         keys = settings.key_list()
-        if not keys:
-            keys = load_key_file(settings.resolved_key_file, create=settings.create_key_file)
+        credentials = (
+            CredentialManager(keys)
+            if keys
+            else CredentialManager.from_key_file(
+                settings.resolved_key_file, create=settings.create_key_file
+            )
+        )
         return cls(
             store=Store(settings.resolved_database_url),
-            credentials=CredentialManager(keys),
+            credentials=credentials,
             owner=settings.owner,
             pool_settings=settings.pool,
         )

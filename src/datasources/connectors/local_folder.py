@@ -217,7 +217,7 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
                         and not start_after.startswith(key)
                     ):
                         continue
-                    if delimiter and key.startswith(prefix):
+                    if delimiter and key.startswith(prefix) and len(key) > len(prefix):
                         if matcher is None and (start_after is None or key > start_after):
                             try:
                                 st = entry.stat(follow_symlinks=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 import os
 from collections.abc import Callable
@@ -157,7 +159,13 @@ class Store:
                     cursor.execute("PRAGMA busy_timeout=5000")
                 cursor.close()
 
+        lock_fd: int | None = None
         try:
+            if path is not None and self._migrate:
+                # Several workers opening one SQLite file must not migrate it at once
+                # (PostgreSQL gets an advisory lock below instead).
+                lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
             async with engine.begin() as conn:
                 if not self._migrate:
                     await conn.run_sync(Base.metadata.create_all)
@@ -171,6 +179,12 @@ class Store:
             await engine.dispose()
             logger.error("Cannot open the store: %s", exc)
             raise UnavailableError("The registry's database cannot be reached.") from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)  # closing releases the lock
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 

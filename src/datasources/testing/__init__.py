@@ -1,0 +1,1 @@
+"""Test helpers for connector authors: the contract suite every connector passes."""

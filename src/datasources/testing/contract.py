@@ -1,0 +1,339 @@
+"""The behaviour every connector must show, as a pytest class to subclass.
+
+A connector's test module subclasses :class:`ConnectorContract` and provides two
+fixtures:
+
+* ``make_connector(read_only=False, **config_overrides)`` → a new, *unconnected*
+  connector over an empty, isolated area of the source (a temp folder, a fresh
+  container, a fresh schema), with ``config_overrides`` applied to its config;
+* ``seed(path, data)`` → an async callable that puts ``data`` at ``path`` directly in
+  the backing store, bypassing the connector.
+
+Optionally ``secret_values`` (a list of the secrets in the config) to prove that no repr,
+status or error shows them. Everything runs against the real service: no mocks here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import typing
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from datasources.connectors.base import BaseConnector, ConnectorConfig
+from datasources.errors import (
+    AlreadyExistsError,
+    DataSourceError,
+    InvalidInputError,
+    LimitExceededError,
+    NotFoundError,
+    ReadOnlyError,
+    UnsafePathError,
+)
+from datasources.models import ItemKind
+from datasources.workspace import Workspace
+
+__all__ = ["HOSTILE_NAMES", "ConnectorContract"]
+
+MakeConnector = Callable[..., BaseConnector[Any]]
+Seed = Callable[[str, bytes], Awaitable[None]]
+
+HOSTILE_NAMES = [
+    "../x",
+    "a/../../x",
+    "/etc/passwd",
+    "..\\x",
+    "a\\..\\..\\x",
+    "a/../../chat10/x",
+    "x\x00.csv",
+    "./../x",
+    "a//../x",
+    "C:\\Windows\\x",
+    "",
+    "a/",
+    "../" * 40 + "etc/passwd",
+    "n" * 300,
+    ".datasources/manifest.jsonl",
+]
+
+
+def _tree(root: Path) -> set[str]:
+    found: set[str] = set()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            found.add(os.path.relpath(os.path.join(dirpath, name), root))
+    return found
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None]] = []
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.calls.append((done, total))
+
+    @property
+    def moved(self) -> int:
+        return self.calls[-1][0] if self.calls else 0
+
+
+class ConnectorContract:
+    """Subclass me and provide ``make_connector`` and ``seed`` fixtures."""
+
+    @pytest.fixture
+    def secret_values(self) -> list[str]:
+        """Secrets in the connector's config; override to have them checked."""
+        return []
+
+    # -- declaration -------------------------------------------------------------------
+
+    def test_declares_type_config_and_secrets(self, make_connector: MakeConnector) -> None:
+        connector = make_connector()
+        cls = type(connector)
+        assert isinstance(cls.type, str) and cls.type
+        assert issubclass(cls.config_model, ConnectorConfig)
+        fields = cls.config_model.model_fields
+        assert cls.secret_fields <= set(fields), "secret fields must be config fields"
+        assert cls.target_fields <= set(fields), "target fields must be config fields"
+        for name in cls.secret_fields:
+            annotation = fields[name].annotation
+            assert SecretStr in (annotation, *typing.get_args(annotation)), (
+                f"secret field {name} must be a SecretStr so it never shows in a repr"
+            )
+
+    def test_unknown_config_key_is_refused(self, make_connector: MakeConnector) -> None:
+        connector = make_connector()
+        raw = connector.config.model_dump()
+        raw["no_such_option"] = 1
+        with pytest.raises(DataSourceError) as info:
+            type(connector).validate_config(raw)
+        assert "no_such_option" in info.value.message
+
+    async def test_async_context_manager_connects_and_disconnects(
+        self, make_connector: MakeConnector
+    ) -> None:
+        connector = make_connector()
+        assert not connector.connected
+        async with connector as entered:
+            assert entered is connector
+            assert connector.connected
+            assert await connector.ping()
+        assert not connector.connected
+        await connector.disconnect()  # twice is fine
+
+    async def test_connection_status(
+        self, make_connector: MakeConnector, secret_values: list[str]
+    ) -> None:
+        async with make_connector() as connector:
+            status = await connector.test_connection()
+        assert status.ok, status.message
+        assert status.latency_ms is not None and status.latency_ms >= 0
+        shown = status.model_dump_json() + repr(connector) + repr(connector.config)
+        for secret in secret_values:
+            assert secret not in shown
+
+    # -- listing -----------------------------------------------------------------------
+
+    async def test_lists_seeded_items_with_metadata(
+        self, make_connector: MakeConnector, seed: Seed
+    ) -> None:
+        await seed("a.csv", b"x,y\n1,2\n")
+        await seed("dir/b.bin", b"\x00\x01\x02")
+        async with make_connector() as connector:
+            items = await connector.list_items()
+        by_path = {item.path: item for item in items}
+        assert {"a.csv", "dir/b.bin"} <= set(by_path)
+        a = by_path["a.csv"]
+        assert a.name == "a.csv" and a.kind == ItemKind.FILE and a.size == 8
+        assert a.last_modified is not None and a.etag
+        assert by_path["dir/b.bin"].name == "b.bin"
+
+    async def test_listing_is_sorted_prefixed_and_limited(
+        self, make_connector: MakeConnector, seed: Seed
+    ) -> None:
+        for name in ("b/2.txt", "a-1.txt", "a/1.txt", "b/1.txt", "c.txt"):
+            await seed(name, name.encode())
+        async with make_connector() as connector:
+            paths = [i.path for i in await connector.list_items()]
+            assert paths == sorted(paths)
+            assert [i.path for i in await connector.list_items("b/")] == ["b/1.txt", "b/2.txt"]
+            assert [i.path for i in await connector.list_items("a")] == ["a-1.txt", "a/1.txt"]
+            assert len(await connector.list_items(limit=2)) == 2
+            assert await connector.list_items(limit=0) == []
+            with pytest.raises(InvalidInputError):
+                await connector.list_items(limit=-1)
+
+    async def test_delimiter_gives_virtual_directories(
+        self, make_connector: MakeConnector, seed: Seed
+    ) -> None:
+        for name in ("top.txt", "d1/x.txt", "d1/sub/y.txt", "d2/z.txt"):
+            await seed(name, b"1")
+        async with make_connector() as connector:
+            level = await connector.list_items(delimiter="/")
+            assert [(i.path, i.kind) for i in level] == [
+                ("d1/", ItemKind.DIRECTORY),
+                ("d2/", ItemKind.DIRECTORY),
+                ("top.txt", ItemKind.FILE),
+            ]
+            inner = await connector.list_items("d1/", delimiter="/")
+            assert [i.path for i in inner] == ["d1/sub/", "d1/x.txt"]
+
+    async def test_glob(self, make_connector: MakeConnector, seed: Seed) -> None:
+        for name in ("data/2024/a.csv", "data/2024/b.json", "data/2024/x/c.csv", "data/2025/d.csv"):
+            await seed(name, b"1")
+        async with make_connector() as connector:
+            flat = [i.path for i in await connector.list_items(glob="data/2024/*.csv")]
+            deep = [i.path for i in await connector.list_items(glob="data/**/*.csv")]
+        assert flat == ["data/2024/a.csv"]
+        assert deep == ["data/2024/a.csv", "data/2024/x/c.csv", "data/2025/d.csv"]
+
+    async def test_pages_visit_every_item_once(
+        self, make_connector: MakeConnector, seed: Seed
+    ) -> None:
+        names = [f"p/{i:02d}.txt" for i in range(7)] + ["p/sub/a.txt", "p-z.txt"]
+        for name in names:
+            await seed(name, b"x")
+        async with make_connector() as connector:
+            seen: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                page = await connector.list_page(limit=3, cursor=cursor)
+                seen.extend(i.path for i in page.items)
+                pages += 1
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+                assert pages < 10
+            assert seen == sorted(names)
+            assert pages == 3
+            with pytest.raises(InvalidInputError):
+                await connector.list_page(cursor="not a cursor!")
+            with pytest.raises(InvalidInputError):
+                await connector.list_page(limit=0)
+
+    async def test_iter_items_is_lazy(self, make_connector: MakeConnector, seed: Seed) -> None:
+        for i in range(5):
+            await seed(f"lazy/{i}.txt", b"x")
+        async with make_connector() as connector:
+            iterator = connector.iter_items("lazy/")
+            first = await anext(iterator)
+            await iterator.aclose()  # type: ignore[attr-defined]
+        assert first.path == "lazy/0.txt"
+
+    async def test_metadata(self, make_connector: MakeConnector, seed: Seed) -> None:
+        await seed("meta/file.csv", b"abc")
+        async with make_connector() as connector:
+            item = await connector.get_metadata("meta/file.csv")
+            assert item.path == "meta/file.csv" and item.size == 3 and item.etag
+            with pytest.raises(NotFoundError):
+                await connector.get_metadata("meta/missing.csv")
+
+    # -- fetch -------------------------------------------------------------------------
+
+    async def test_fetch_round_trip_preserves_structure_and_records_provenance(
+        self, make_connector: MakeConnector, seed: Seed, tmp_path: Path
+    ) -> None:
+        data = bytes(range(256)) * 1000
+        await seed("deep/er/file.name.bin", data)
+        await seed("empty.txt", b"")
+        workspace = Workspace(tmp_path / "ws")
+        async with make_connector() as connector:
+            meter = _Meter()
+            local = await connector.fetch_data("deep/er/file.name.bin", workspace, progress=meter)
+            empty = await connector.fetch_data("empty.txt", workspace)
+        assert local == workspace.root / "deep" / "er" / "file.name.bin"
+        assert local.read_bytes() == data
+        assert empty.read_bytes() == b""
+        assert meter.moved == len(data) and meter.calls[-1][1] == len(data)
+        entry = workspace.lookup("deep/er/file.name.bin")
+        assert entry is not None
+        assert entry.source_id == connector.source_id
+        assert entry.remote_path == "deep/er/file.name.bin"
+        assert entry.size == len(data) and entry.etag
+        assert entry.sha256 == hashlib.sha256(data).hexdigest()
+        assert not list(workspace.tmp_dir.iterdir()), "no temp file may remain"
+
+    async def test_fetch_unchanged_item_transfers_nothing(
+        self, make_connector: MakeConnector, seed: Seed, tmp_path: Path
+    ) -> None:
+        await seed("same.txt", b"hello")
+        async with make_connector() as connector:
+            await connector.fetch_data("same.txt", tmp_path)
+            meter = _Meter()
+            local = await connector.fetch_data("same.txt", tmp_path, progress=meter)
+            assert meter.moved == 0
+            assert local.read_bytes() == b"hello"
+            await seed("same.txt", b"changed!")
+            meter = _Meter()
+            local = await connector.fetch_data("same.txt", tmp_path, progress=meter)
+            assert meter.moved == len(b"changed!")
+            assert local.read_bytes() == b"changed!"
+
+    async def test_fetch_missing_item(
+        self, make_connector: MakeConnector, tmp_path: Path
+    ) -> None:
+        async with make_connector() as connector:
+            with pytest.raises(NotFoundError):
+                await connector.fetch_data("nope/missing.csv", tmp_path / "ws")
+        assert not (tmp_path / "ws" / "nope").exists()
+
+    async def test_fetch_over_the_size_limit_writes_nothing(
+        self, make_connector: MakeConnector, seed: Seed, tmp_path: Path
+    ) -> None:
+        await seed("big.bin", b"x" * 100)
+        async with make_connector(max_download_bytes=10) as connector:
+            with pytest.raises(LimitExceededError):
+                await connector.fetch_data("big.bin", tmp_path / "ws")
+        assert _tree(tmp_path / "ws") <= {".datasources/manifest.jsonl"}
+
+    @pytest.mark.parametrize("name", HOSTILE_NAMES)
+    async def test_fetch_hostile_names_never_escape(
+        self, make_connector: MakeConnector, tmp_path: Path, name: str
+    ) -> None:
+        workspace = tmp_path / "chat1" / "ws"
+        sibling = tmp_path / "chat10"
+        async with make_connector() as connector:
+            with pytest.raises((UnsafePathError, NotFoundError)):
+                await connector.fetch_data(name, workspace)
+        assert not sibling.exists()
+        outside = {p for p in _tree(tmp_path) if not p.startswith("chat1/ws/")}
+        assert not outside
+
+    # -- upload ------------------------------------------------------------------------
+
+    async def test_upload_rules(
+        self, make_connector: MakeConnector, tmp_path: Path
+    ) -> None:
+        local = tmp_path / "up.csv"
+        local.write_bytes(b"a,b\n1,2\n")
+        async with make_connector() as connector:
+            item = await connector.upload_data(local, "uploads/up.csv")
+            assert item.path == "uploads/up.csv" and item.size == 8
+            with pytest.raises(AlreadyExistsError):
+                await connector.upload_data(local, "uploads/up.csv")
+            local.write_bytes(b"new")
+            item = await connector.upload_data(local, "uploads/up.csv", overwrite=True)
+            assert item.size == 3
+            fetched = await connector.fetch_data("uploads/up.csv", tmp_path / "ws")
+            assert fetched.read_bytes() == b"new"
+            with pytest.raises(NotFoundError):
+                await connector.upload_data(tmp_path / "missing", "uploads/x")
+            for hostile in ("../x", "/etc/x", "a/../../x", "..\\x", "x\x00y"):
+                with pytest.raises(UnsafePathError):
+                    await connector.upload_data(local, hostile)
+
+    async def test_read_only_source_refuses_uploads(
+        self, make_connector: MakeConnector, tmp_path: Path
+    ) -> None:
+        local = tmp_path / "f.txt"
+        local.write_bytes(b"x")
+        async with make_connector(read_only=True) as connector:
+            with pytest.raises(ReadOnlyError):
+                await connector.upload_data(local, "f.txt")
+            assert await connector.list_items() == []

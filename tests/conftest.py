@@ -1,0 +1,87 @@
+"""Shared fixtures. Integration services come from scripts/services.sh (see README).
+
+Under CI=true a missing service fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("datasources.testing.contract")
+
+from datasources.credentials import install_log_redaction
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_service(var: str) -> str:
+    """The value of a service variable; fail in CI, skip elsewhere, when it is missing."""
+    value = os.environ.get(var)
+    if value:
+        return value
+    message = f"{var} is not set: run 'scripts/services.sh start' (make test does)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)  # local runs without services only; CI fails above
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the developer's real state or keys."""
+    for name in list(os.environ):
+        if name.startswith("DATASOURCES_") and not name.startswith("DATASOURCES_TEST_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATASOURCES_HOME", str(tmp_path / "home"))
+    install_log_redaction()
+    yield
+
+
+@pytest.fixture
+def canary() -> str:
+    """A unique secret value that must never appear anywhere visible."""
+    return "canary-" + secrets.token_hex(12)
+
+
+@pytest.fixture
+def postgres_admin_dsn() -> str:
+    return require_service("DATASOURCES_TEST_POSTGRES_DSN")
+
+
+@pytest.fixture
+async def postgres_database(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database; yields its libpq URL and drops it afterwards."""
+    import asyncpg
+
+    name = "ds_test_" + secrets.token_hex(6)
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = postgres_admin_dsn.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(postgres_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture every log record at DEBUG, formatted with exception text."""
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+
+
+def logged_text(caplog: pytest.LogCaptureFixture) -> str:
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    return "\n".join(formatter.format(r) for r in caplog.records)

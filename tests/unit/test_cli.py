@@ -1,0 +1,193 @@
+"""The CLI, driven in-process with typer's runner and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from datasources.cli import app
+from datasources.credentials import load_key_file
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    (path / "sub").mkdir(parents=True)
+    (path / "a.csv").write_text("x,y\n1,2\n")
+    (path / "sub" / "b.txt").write_text("hello")
+    return path
+
+
+def cli(home: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> Any:
+    return runner.invoke(app, ["--home", str(home), *args], env=env, input=input)
+
+
+def ok(home: Path, *args: str, **kwargs: Any) -> str:
+    result = cli(home, *args, **kwargs)
+    assert result.exit_code == 0, result.output
+    return str(result.output)
+
+
+def test_add_list_show_test_ls_get_put_remove(home: Path, folder: Path, tmp_path: Path) -> None:
+    out = ok(home, "sources", "add", "My Files", "--type", "local_folder", "-c", f"root={folder}", "--tag", "t1")
+    assert "my-files" in out
+    listed = json.loads(ok(home, "--json", "sources", "list"))
+    assert [s["id"] for s in listed] == ["my-files"] and listed[0]["tags"] == ["t1"]
+    shown = json.loads(ok(home, "--json", "sources", "show", "My Files"))
+    assert shown["config"]["root"] == str(folder)
+    assert "ok" in ok(home, "sources", "test", "my-files")
+
+    page = json.loads(ok(home, "--json", "ls", "my-files"))
+    assert [i["path"] for i in page["items"]] == ["a.csv", "sub/"]
+    page = json.loads(ok(home, "--json", "ls", "my-files", "-r", "-n", "1"))
+    assert [i["path"] for i in page["items"]] == ["a.csv"] and page["next_cursor"]
+    page = json.loads(ok(home, "--json", "ls", "my-files", "-r", "--cursor", page["next_cursor"]))
+    assert [i["path"] for i in page["items"]] == ["sub/b.txt"]
+    assert "a.csv" in ok(home, "ls", "my-files")
+
+    dest = tmp_path / "ws"
+    got = json.loads(ok(home, "--json", "get", "my-files", "sub/b.txt", str(dest)))
+    assert Path(got["path"]).read_text() == "hello"
+    assert got["provenance"]["source_id"] == "my-files"
+    assert (dest / "sub" / "b.txt").read_text() == "hello"
+
+    local = tmp_path / "new.csv"
+    local.write_text("n\n")
+    ok(home, "put", "my-files", str(local), "up/new.csv")
+    assert (folder / "up" / "new.csv").read_text() == "n\n"
+    result = cli(home, "put", "my-files", str(local), "up/new.csv")
+    assert result.exit_code == 1 and "already exists" in result.output
+    ok(home, "put", "my-files", str(local), "up/new.csv", "--overwrite")
+
+    ok(home, "sources", "remove", "my-files")
+    assert json.loads(ok(home, "--json", "sources", "list")) == []
+
+
+def test_failures_are_one_line_and_non_zero(home: Path, folder: Path) -> None:
+    for args in (
+        ["sources", "show", "missing"],
+        ["ls", "missing"],
+        ["sources", "add", "x", "--type", "nope"],
+        ["sources", "add", "x", "--type", "local_folder", "-c", "root=/definitely/not/here"],
+        ["sources", "add", "x", "--type", "local_folder", "-c", "noequals"],
+    ):
+        result = cli(home, *args)
+        assert result.exit_code != 0, args
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert "Traceback" not in result.output
+    ok(home, "sources", "add", "ro", "--type", "local_folder", "-c", f"root={folder}", "--read-only")
+    result = cli(home, "put", "ro", str(folder / "a.csv"), "x.csv")
+    assert result.exit_code == 1 and "read-only" in result.output
+    for hostile in ("../x", "/etc/passwd", "a/../../x"):
+        result = cli(home, "get", "ro", hostile, str(folder.parent / "ws"))
+        assert result.exit_code == 1
+    result = cli(home, "ls", "ro", "--cursor", "garbage")
+    assert result.exit_code == 1 and "cursor" in result.output
+
+
+def test_secrets_from_env_and_prompt_never_printed(
+    home: Path, folder: Path, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "datasources.registry._BUILTINS",
+        {
+            "local_folder": "datasources.connectors.local_folder:LocalFolderConnector",
+            "token_folder": "tests.plugins:TokenFolderConnector",
+        },
+    )
+    outputs = []
+    token = "valid-" + canary
+    outputs.append(ok(home, "-v", "sources", "add", "env-src", "--type", "token_folder", "-c", f"root={folder}",
+                      "--config-env", "token=MY_TOKEN", env={"MY_TOKEN": token}))
+    outputs.append(ok(home, "-v", "sources", "add", "prompted", "--type", "token_folder", "-c", f"root={folder}",
+                      "--prompt", "token", input=token + "\n"))
+    inline = cli(home, "-v", "sources", "add", "inline", "--type", "token_folder", "-c", f"root={folder}",
+                 "-c", f"token={token}")
+    assert inline.exit_code == 0 and "shell history" in inline.output
+    outputs.append(inline.output.replace(f"token={token}", ""))
+    for args in (("sources", "list"), ("sources", "show", "env-src"), ("sources", "test", "prompted"),
+                 ("ls", "env-src"), ("sources", "show", "inline")):
+        outputs.append(ok(home, "-v", *args))
+        outputs.append(ok(home, "-v", "--json", *args))
+    wrong = cli(home, "-v", "sources", "add", "bad", "--type", "token_folder", "-c", f"root={folder}",
+                "--config-env", "token=MY_TOKEN", env={"MY_TOKEN": "wrong-" + canary})
+    outputs.append(wrong.output)
+    tested = cli(home, "-v", "sources", "test", "bad")
+    assert tested.exit_code == 1 and "rejected" in tested.output
+    outputs.append(tested.output)
+    for output in outputs:
+        assert canary not in output
+    db = (home / "datasources.db").read_bytes()
+    assert canary.encode() not in db
+    result = cli(home, "sources", "add", "x", "--type", "token_folder", "-c", f"root={folder}",
+                 "--config-env", "token=NOT_SET_ANYWHERE")
+    assert result.exit_code == 2 and "NOT_SET_ANYWHERE" in result.output
+
+
+def test_generate_key_and_rotate_key_file(home: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "datasources.registry._BUILTINS",
+        {"token_folder": "tests.plugins:TokenFolderConnector"},
+    )
+    key = json.loads(ok(home, "--json", "secrets", "generate-key"))["key"]
+    assert len(key) == 44
+    ok(home, "sources", "add", "t", "--type", "token_folder", "-c", f"root={folder}",
+       "--config-env", "token=T", env={"T": "valid-abc"})
+    first = load_key_file(home / "secret.key", create=False)
+    assert len(first) == 1
+    result = json.loads(ok(home, "--json", "secrets", "rotate", "--new-key"))
+    assert result == {"rotated": 1, "keys": 2}
+    keys = load_key_file(home / "secret.key", create=False)
+    assert len(keys) == 2 and keys[1] == first[0]
+    ok(home, "secrets", "rotate", "--drop-old-keys")
+    assert load_key_file(home / "secret.key", create=False) == keys[:1]
+    assert "ok" in ok(home, "sources", "test", "t")
+
+
+def test_env_keys_take_precedence(home: Path, folder: Path) -> None:
+    from datasources.credentials import generate_key
+
+    env = {"DATASOURCES_SECRET_KEYS": generate_key()}
+    ok(home, "sources", "add", "plain", "--type", "local_folder", "-c", f"root={folder}", env=env)
+    assert not (home / "secret.key").exists()
+    result = cli(home, "secrets", "rotate", "--new-key", env=env)
+    assert result.exit_code == 2
+
+
+def test_demo_runs_twice(home: Path) -> None:
+    first = ok(home, "demo")
+    assert "Registered samples" in first and "bytes transferred" in first
+    assert "read-only" in first
+    second = ok(home, "demo")
+    assert "already registered" in second and "0 bytes transferred" in second
+    manifest = home / "workspaces" / "demo" / ".datasources" / "manifest.jsonl"
+    assert manifest.exists()
+
+
+def test_console_script_subprocess(home: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCES_")}
+    env["DATASOURCES_HOME"] = str(home)
+    cmd = [sys.executable, "-m", "datasources.cli"]
+    done = subprocess.run([*cmd, "--json", "sources", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout) == []
+    done = subprocess.run([*cmd, "sources", "show", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: Data source 'nope' not found."
+    env["DATASOURCES_POOL__MAX_SIZE"] = "not-a-number"
+    done = subprocess.run([*cmd, "sources", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "pool.max_size" in done.stderr and "Traceback" not in done.stderr
