@@ -15,7 +15,7 @@ import pytest
 
 pytest.register_assert_rewrite("datasources.testing.contract")
 
-from datasources.credentials import install_log_redaction
+from datasources.credentials import install_log_redaction  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -26,6 +26,11 @@ class PoolSettings(BaseModel):
     acquire_timeout: float = Field(default=30.0, gt=0)
     idle_timeout: float = Field(default=300.0, gt=0)
     max_lifetime: float = Field(default=3600.0, gt=0)
+    revalidate_after: float = Field(
+        default=5.0,
+        ge=0,
+        description="Re-read a source from the store at most this often when borrowing.",
+    )
     check_after: float = Field(
         default=5.0, ge=0, description="Health-check a connector idle at least this long."
     )

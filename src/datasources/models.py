@@ -143,6 +143,48 @@ class DataItem(BaseModel):
     checksum: str | None = Field(default=None, description="'sha256:<hex>' or 'md5:<base64>'.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def trusted(
+        cls,
+        path: str,
+        name: str,
+        kind: ItemKind = ItemKind.FILE,
+        size: int | None = None,
+        last_modified: datetime | None = None,
+        content_type: str | None = None,
+        etag: str | None = None,
+        checksum: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> DataItem:
+        """Build without validation, for connectors whose values are already well-typed.
+
+        Listings build tens of thousands of items; validation (or even
+        ``model_construct``) would cost more than the system calls behind them.
+        """
+        item = cls.__new__(cls)
+        object.__setattr__(
+            item,
+            "__dict__",
+            {
+                "path": path,
+                "name": name,
+                "kind": kind,
+                "size": size,
+                "last_modified": last_modified,
+                "content_type": content_type,
+                "etag": etag,
+                "checksum": checksum,
+                "metadata": {} if metadata is None else metadata,
+            },
+        )
+        object.__setattr__(item, "__pydantic_fields_set__", _ITEM_FIELDS)
+        object.__setattr__(item, "__pydantic_extra__", None)
+        object.__setattr__(item, "__pydantic_private__", None)
+        return item
+
+
+_ITEM_FIELDS = frozenset(DataItem.model_fields)
+
 
 class ConnectionStatus(BaseModel):
     """The result of ``test_connection``: reachable or not, how fast, what to worry about."""

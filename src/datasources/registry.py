@@ -83,6 +83,13 @@ def _load_class(type_name: str, target: str) -> type[BaseConnector[Any]]:
 
 
 @dataclass
+class _CachedPool:
+    pool: ConnectionPool[BaseConnector[Any]]
+    updated_at: datetime
+    checked_at: float
+
+
+@dataclass
 class _Shared:
     """State shared by a registry and its owner-scoped views."""
 
@@ -90,7 +97,7 @@ class _Shared:
     credentials: CredentialManager
     pool_settings: PoolSettings
     classes: dict[str, type[BaseConnector[Any]]] = field(default_factory=dict)
-    pools: dict[tuple[str, str], ConnectionPool[BaseConnector[Any]]] = field(default_factory=dict)
+    pools: dict[tuple[str, str], _CachedPool] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     opened: bool = False
     closed: bool = False
@@ -206,9 +213,9 @@ class DataSourceRegistry:
         """Close every pool and the store."""
         shared = self._shared
         async with shared.lock:
-            pools = list(shared.pools.values())
+            pools = {id(c.pool): c.pool for c in shared.pools.values()}
             shared.pools.clear()
-        for pool in pools:
+        for pool in pools.values():
             await pool.close()
         await shared.store.close()
         shared.opened = False
@@ -508,19 +515,36 @@ class DataSourceRegistry:
         return connector
 
     async def _pool_for(self, ref: str) -> ConnectionPool[BaseConnector[Any]]:
+        shared = self._shared
+        loop_time = asyncio.get_running_loop().time()
+        cached = shared.pools.get((self.owner, ref))
+        # Borrowing must not cost a store round trip; other replicas' changes are
+        # picked up within revalidate_after seconds.
+        if (
+            cached is not None
+            and not cached.pool.closed
+            and loop_time - cached.checked_at < shared.pool_settings.revalidate_after
+        ):
+            return cached.pool
         record = await self._resolve(ref)
         key = (self.owner, record.id)
-        shared = self._shared
-        pool = shared.pools.get(key)
-        if pool is not None and not pool.closed:
-            return pool
         async with shared.lock:
-            pool = shared.pools.get(key)
-            if pool is None or pool.closed:
+            cached = shared.pools.get(key)
+            stale = cached is not None and (
+                cached.pool.closed or cached.updated_at != record.updated_at
+            )
+            if stale and cached is not None:
+                await cached.pool.close()
+            if cached is None or stale:
                 pool = self._new_pool(record)
                 await pool.open()
-                shared.pools[key] = pool
-        return pool
+                cached = _CachedPool(pool, record.updated_at, loop_time)
+                shared.pools[key] = cached
+            else:
+                cached.checked_at = loop_time
+            if ref != record.id:
+                shared.pools[(self.owner, ref)] = cached  # a name borrows the same pool
+        return cached.pool
 
     def _new_pool(self, record: StoredSource) -> ConnectionPool[BaseConnector[Any]]:
         owner, source_id = record.owner, record.id
@@ -556,10 +580,14 @@ class DataSourceRegistry:
 
     async def _drop_pool(self, source_id: str) -> None:
         async with self._shared.lock:
-            pool = self._shared.pools.pop((self.owner, source_id), None)
-        if pool is not None:
-            await pool.close()
+            pools = self._shared.pools
+            target = pools.get((self.owner, source_id))
+            keys = [k for k, v in pools.items() if k[0] == self.owner and v is target]
+            for key in keys:
+                del pools[key]
+        if target is not None:
+            await target.pool.close()
 
     def pool_stats(self) -> dict[str, PoolStats]:
-        """Stats of every open pool, keyed ``owner/id``."""
-        return {f"{o}/{i}": p.stats() for (o, i), p in self._shared.pools.items()}
+        """Stats of every open pool, keyed by its name (``owner/id``)."""
+        return {c.pool.name: c.pool.stats() for c in self._shared.pools.values()}

@@ -54,7 +54,8 @@ def token_source(folder: Path, token: str, name: str = "tok") -> dict[str, Any]:
 async def raw_dump(url: str) -> str:
     """Every stored byte of the data_sources table as text (what an attacker with the DB sees)."""
     if url.startswith("sqlite"):
-        return Path(url.split("///", 1)[1]).read_bytes().decode("latin-1")
+        data = await asyncio.to_thread(Path(url.split("///", 1)[1]).read_bytes)
+        return data.decode("latin-1")
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         rows = await conn.fetch("SELECT row_to_json(t)::text AS j FROM data_sources t")
@@ -69,14 +70,18 @@ async def test_sources_persist_and_secrets_are_only_tokens(
     key = generate_key()
     async with registry_for(store_url, [key]) as registry:
         await registry.register_data_source(token_source(folder, "valid-" + canary))
-        await registry.register_data_source({"name": "plain", "type": "local_folder", "config": {"root": str(folder)}})
+        await registry.register_data_source(
+            {"name": "plain", "type": "local_folder", "config": {"root": str(folder)}}
+        )
     dump = await raw_dump(store_url)
     assert canary not in dump
     assert "gAAAAA" in dump  # a Fernet token is what is stored
     assert str(folder) in dump  # non-secret fields stay plain and queryable
     async with registry_for(store_url, [key]) as again:
         assert [s.id for s in await again.list_data_sources()] == ["plain", "tok"]
-        assert (await again.get_data_source("tok", sanitize=False)).config["token"] == "valid-" + canary
+        assert (await again.get_data_source("tok", sanitize=False)).config[
+            "token"
+        ] == "valid-" + canary
         async with again.get_connector("tok") as connector:
             assert [i.path for i in await connector.list_items()] == ["a.csv"]
 
@@ -86,7 +91,9 @@ async def test_wrong_key_is_a_clear_error_and_other_sources_still_work(
 ) -> None:
     async with registry_for(store_url, [generate_key()]) as registry:
         await registry.register_data_source(token_source(folder, "valid-" + canary))
-        await registry.register_data_source({"name": "plain", "type": "local_folder", "config": {"root": str(folder)}})
+        await registry.register_data_source(
+            {"name": "plain", "type": "local_folder", "config": {"root": str(folder)}}
+        )
     before = await raw_dump(store_url)
     async with registry_for(store_url, [generate_key()]) as wrong:
         with pytest.raises(CredentialsUnreadableError) as info:
@@ -127,7 +134,9 @@ async def test_rotation_is_all_or_nothing(store_url: str, folder: Path) -> None:
         assert await both.rotate_secrets() == 3  # idempotent
     async with registry_for(store_url, [new]) as only_new:
         for i in range(3):
-            assert (await only_new.get_data_source(f"t{i}", sanitize=False)).config["token"] == f"valid-{i}"
+            assert (await only_new.get_data_source(f"t{i}", sanitize=False)).config[
+                "token"
+            ] == f"valid-{i}"
 
 
 async def test_two_replicas_share_one_store(store_url: str, folder: Path) -> None:
@@ -160,6 +169,7 @@ async def test_migrations_match_the_models(store_url: str) -> None:
         engine = store._engine
         assert engine is not None
         async with engine.connect() as conn:
+
             def diff(sync_conn: Any) -> list[Any]:
                 context = MigrationContext.configure(sync_conn)
                 return compare_metadata(context, Base.metadata)
@@ -171,12 +181,18 @@ async def test_migrations_match_the_models(store_url: str) -> None:
         await store.close()
 
 
-async def test_from_settings_on_postgresql(postgres_database: str, folder: Path, tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", database_url=postgres_database, secret_keys=generate_key())
+async def test_from_settings_on_postgresql(
+    postgres_database: str, folder: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        home=tmp_path / "home", database_url=postgres_database, secret_keys=generate_key()
+    )
     assert "postgresql+asyncpg://" in settings.resolved_database_url
     assert postgres_database not in repr(settings)
     async with DataSourceRegistry.from_settings(settings) as registry:
-        await registry.register_data_source({"name": "f", "type": "local_folder", "config": {"root": str(folder)}})
+        await registry.register_data_source(
+            {"name": "f", "type": "local_folder", "config": {"root": str(folder)}}
+        )
         assert registry.store.dialect == "postgresql"
     assert not (tmp_path / "home" / "secret.key").exists()
 
@@ -189,3 +205,32 @@ async def test_unreachable_store_is_unavailable(tmp_path: Path) -> None:
         await store.open()
     assert "canary-pw" not in info.value.message
     assert "canary-pw" not in repr(store)
+
+
+async def test_pools_follow_changes_made_by_another_replica(
+    store_url: str, folder: Path, tmp_path: Path
+) -> None:
+    from datasources import PoolSettings
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "b.csv").write_text("b\n")
+    settings = PoolSettings(revalidate_after=0, min_size=0)
+    key = generate_key()
+    a = DataSourceRegistry(
+        store=Store(store_url), credentials=CredentialManager([key]), pool_settings=settings
+    )
+    b = DataSourceRegistry(store=Store(store_url), credentials=CredentialManager([key]))
+    async with a, b:
+        await a.register_data_source(
+            {"name": "f", "type": "local_folder", "config": {"root": str(folder)}}
+        )
+        async with a.get_connector("f") as connector:
+            assert [i.path for i in await connector.list_items()] == ["a.csv"]
+        await b.update_data_source("f", {"config": {"root": str(other)}})
+        async with a.get_connector("f") as connector:
+            assert [i.path for i in await connector.list_items()] == ["b.csv"]
+        await b.remove_data_source("f")
+        with pytest.raises(NotFoundError):
+            async with a.get_connector("f"):
+                pass

@@ -43,7 +43,18 @@ def ok(home: Path, *args: str, **kwargs: Any) -> str:
 
 
 def test_add_list_show_test_ls_get_put_remove(home: Path, folder: Path, tmp_path: Path) -> None:
-    out = ok(home, "sources", "add", "My Files", "--type", "local_folder", "-c", f"root={folder}", "--tag", "t1")
+    out = ok(
+        home,
+        "sources",
+        "add",
+        "My Files",
+        "--type",
+        "local_folder",
+        "-c",
+        f"root={folder}",
+        "--tag",
+        "t1",
+    )
     assert "my-files" in out
     listed = json.loads(ok(home, "--json", "sources", "list"))
     assert [s["id"] for s in listed] == ["my-files"] and listed[0]["tags"] == ["t1"]
@@ -90,7 +101,17 @@ def test_failures_are_one_line_and_non_zero(home: Path, folder: Path) -> None:
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
         assert "Traceback" not in result.output
-    ok(home, "sources", "add", "ro", "--type", "local_folder", "-c", f"root={folder}", "--read-only")
+    ok(
+        home,
+        "sources",
+        "add",
+        "ro",
+        "--type",
+        "local_folder",
+        "-c",
+        f"root={folder}",
+        "--read-only",
+    )
     result = cli(home, "put", "ro", str(folder / "a.csv"), "x.csv")
     assert result.exit_code == 1 and "read-only" in result.output
     for hostile in ("../x", "/etc/passwd", "a/../../x"):
@@ -112,20 +133,76 @@ def test_secrets_from_env_and_prompt_never_printed(
     )
     outputs = []
     token = "valid-" + canary
-    outputs.append(ok(home, "-v", "sources", "add", "env-src", "--type", "token_folder", "-c", f"root={folder}",
-                      "--config-env", "token=MY_TOKEN", env={"MY_TOKEN": token}))
-    outputs.append(ok(home, "-v", "sources", "add", "prompted", "--type", "token_folder", "-c", f"root={folder}",
-                      "--prompt", "token", input=token + "\n"))
-    inline = cli(home, "-v", "sources", "add", "inline", "--type", "token_folder", "-c", f"root={folder}",
-                 "-c", f"token={token}")
+    outputs.append(
+        ok(
+            home,
+            "-v",
+            "sources",
+            "add",
+            "env-src",
+            "--type",
+            "token_folder",
+            "-c",
+            f"root={folder}",
+            "--config-env",
+            "token=MY_TOKEN",
+            env={"MY_TOKEN": token},
+        )
+    )
+    outputs.append(
+        ok(
+            home,
+            "-v",
+            "sources",
+            "add",
+            "prompted",
+            "--type",
+            "token_folder",
+            "-c",
+            f"root={folder}",
+            "--prompt",
+            "token",
+            input=token + "\n",
+        )
+    )
+    inline = cli(
+        home,
+        "-v",
+        "sources",
+        "add",
+        "inline",
+        "--type",
+        "token_folder",
+        "-c",
+        f"root={folder}",
+        "-c",
+        f"token={token}",
+    )
     assert inline.exit_code == 0 and "shell history" in inline.output
     outputs.append(inline.output.replace(f"token={token}", ""))
-    for args in (("sources", "list"), ("sources", "show", "env-src"), ("sources", "test", "prompted"),
-                 ("ls", "env-src"), ("sources", "show", "inline")):
+    for args in (
+        ("sources", "list"),
+        ("sources", "show", "env-src"),
+        ("sources", "test", "prompted"),
+        ("ls", "env-src"),
+        ("sources", "show", "inline"),
+    ):
         outputs.append(ok(home, "-v", *args))
         outputs.append(ok(home, "-v", "--json", *args))
-    wrong = cli(home, "-v", "sources", "add", "bad", "--type", "token_folder", "-c", f"root={folder}",
-                "--config-env", "token=MY_TOKEN", env={"MY_TOKEN": "wrong-" + canary})
+    wrong = cli(
+        home,
+        "-v",
+        "sources",
+        "add",
+        "bad",
+        "--type",
+        "token_folder",
+        "-c",
+        f"root={folder}",
+        "--config-env",
+        "token=MY_TOKEN",
+        env={"MY_TOKEN": "wrong-" + canary},
+    )
     outputs.append(wrong.output)
     tested = cli(home, "-v", "sources", "test", "bad")
     assert tested.exit_code == 1 and "rejected" in tested.output
@@ -134,20 +211,43 @@ def test_secrets_from_env_and_prompt_never_printed(
         assert canary not in output
     db = (home / "datasources.db").read_bytes()
     assert canary.encode() not in db
-    result = cli(home, "sources", "add", "x", "--type", "token_folder", "-c", f"root={folder}",
-                 "--config-env", "token=NOT_SET_ANYWHERE")
+    result = cli(
+        home,
+        "sources",
+        "add",
+        "x",
+        "--type",
+        "token_folder",
+        "-c",
+        f"root={folder}",
+        "--config-env",
+        "token=NOT_SET_ANYWHERE",
+    )
     assert result.exit_code == 2 and "NOT_SET_ANYWHERE" in result.output
 
 
-def test_generate_key_and_rotate_key_file(home: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generate_key_and_rotate_key_file(
+    home: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(
         "datasources.registry._BUILTINS",
         {"token_folder": "tests.plugins:TokenFolderConnector"},
     )
     key = json.loads(ok(home, "--json", "secrets", "generate-key"))["key"]
     assert len(key) == 44
-    ok(home, "sources", "add", "t", "--type", "token_folder", "-c", f"root={folder}",
-       "--config-env", "token=T", env={"T": "valid-abc"})
+    ok(
+        home,
+        "sources",
+        "add",
+        "t",
+        "--type",
+        "token_folder",
+        "-c",
+        f"root={folder}",
+        "--config-env",
+        "token=T",
+        env={"T": "valid-abc"},
+    )
     first = load_key_file(home / "secret.key", create=False)
     assert len(first) == 1
     result = json.loads(ok(home, "--json", "secrets", "rotate", "--new-key"))
@@ -183,11 +283,19 @@ def test_console_script_subprocess(home: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCES_")}
     env["DATASOURCES_HOME"] = str(home)
     cmd = [sys.executable, "-m", "datasources.cli"]
-    done = subprocess.run([*cmd, "--json", "sources", "list"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*cmd, "--json", "sources", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and json.loads(done.stdout) == []
-    done = subprocess.run([*cmd, "sources", "show", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*cmd, "sources", "show", "nope"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     assert done.stderr.strip() == "error: Data source 'nope' not found."
     env["DATASOURCES_POOL__MAX_SIZE"] = "not-a-number"
-    done = subprocess.run([*cmd, "sources", "list"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "pool.max_size" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(
+        [*cmd, "sources", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (
+        done.returncode == 2 and "pool.max_size" in done.stderr and "Traceback" not in done.stderr
+    )

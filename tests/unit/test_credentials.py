@@ -84,7 +84,13 @@ def test_split_and_sanitize() -> None:
 def test_mask_config_for_display(canary: str) -> None:
     register_secret(canary)
     shown = mask_config_for_display(
-        {"password": "x", "host": "h", "note": f"uses {canary}", "dsn": "postgresql://u:p@h/db", "n": 3}
+        {
+            "password": "x",
+            "host": "h",
+            "note": f"uses {canary}",
+            "dsn": "postgresql://u:p@h/db",
+            "n": 3,
+        }
     )
     assert shown["password"] == MASK and shown["dsn"] == MASK
     assert canary not in str(shown) and shown["host"] == "h" and shown["n"] == 3
@@ -93,7 +99,10 @@ def test_mask_config_for_display(canary: str) -> None:
 @pytest.mark.parametrize(
     ("text", "leak"),
     [
-        ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0a2V5PT0=;", "c2VjcmV0a2V5PT0="),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0a2V5PT0=;",
+            "c2VjcmV0a2V5PT0=",
+        ),
         ("BlobEndpoint=x;SharedAccessSignature=sv=2020&sig=abcDEF%2B123", "abcDEF%2B123"),
         ("https://a.blob.core.windows.net/c?sv=2020&se=2030&sp=r&sig=S1gn4ture%3D", "S1gn4ture%3D"),
         ("connecting with password=hunter2x and more", "hunter2x"),

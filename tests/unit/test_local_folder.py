@@ -106,7 +106,9 @@ async def test_metadata_has_sha256_on_demand(
         listed = (await connector.list_items())[0]
         item = await connector.get_metadata("f.txt")
     assert listed.checksum is None
-    assert item.checksum == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert (
+        item.checksum == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
 
 
 async def test_a_file_that_changes_during_fetch_leaves_nothing(

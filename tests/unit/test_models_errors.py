@@ -22,7 +22,12 @@ def test_types_are_an_open_str_enum() -> None:
 
 @pytest.mark.parametrize(
     ("name", "slug"),
-    [("Sales Data (EU)", "sales-data-eu"), ("Ünïcode Straße", "unicode-strae"), ("!!!", "source"), ("x" * 100, "x" * 64)],
+    [
+        ("Sales Data (EU)", "sales-data-eu"),
+        ("Ünïcode Straße", "unicode-strae"),
+        ("!!!", "source"),
+        ("x" * 100, "x" * 64),
+    ],
 )
 def test_slugify(name: str, slug: str) -> None:
     assert slugify(name) == slug
@@ -55,7 +60,8 @@ def test_repr_masks_secret_looking_config(canary: str) -> None:
 
 def test_error_tree() -> None:
     classes = [
-        obj for obj in vars(errors).values()
+        obj
+        for obj in vars(errors).values()
         if inspect.isclass(obj) and issubclass(obj, errors.DataSourceError)
     ]
     assert len(classes) >= 18

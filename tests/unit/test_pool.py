@@ -147,7 +147,7 @@ async def test_idle_timeout_and_lifetime() -> None:
         assert pool.stats().idle == 3
         await asyncio.sleep(0.25)
         assert pool.stats().idle == 1  # trimmed to min_size
-        first_generation = set(id(c) for c in factory.made)
+        first_generation = {id(c) for c in factory.made}
         await asyncio.sleep(0.5)
         async with pool.connection() as conn:
             assert id(conn) not in first_generation  # replaced after its lifetime

@@ -72,7 +72,11 @@ async def test_secrets_are_masked_everywhere_but_on_request(
     assert plain.config["token"] == token
     assert canary not in repr(plain)
     stored = await registry.store.get("local", created.id)
-    assert stored is not None and canary not in str(stored.secrets) and canary not in str(stored.config)
+    assert (
+        stored is not None
+        and canary not in str(stored.secrets)
+        and canary not in str(stored.config)
+    )
 
 
 async def test_bad_input_names_every_field(registry: DataSourceRegistry, folder: Path) -> None:
@@ -106,11 +110,17 @@ async def test_unknown_types(registry: DataSourceRegistry) -> None:
 
 
 async def test_duplicates(registry: DataSourceRegistry, folder: Path) -> None:
-    await registry.register_data_source({"name": "one", "type": "local_folder", "config": {"root": str(folder)}})
+    await registry.register_data_source(
+        {"name": "one", "type": "local_folder", "config": {"root": str(folder)}}
+    )
     with pytest.raises(AlreadyExistsError):
-        await registry.register_data_source({"name": "two", "id": "one", "type": "local_folder", "config": {"root": str(folder)}})
+        await registry.register_data_source(
+            {"name": "two", "id": "one", "type": "local_folder", "config": {"root": str(folder)}}
+        )
     with pytest.raises(AlreadyExistsError):
-        await registry.register_data_source({"name": "one", "id": "other", "type": "local_folder", "config": {"root": str(folder)}})
+        await registry.register_data_source(
+            {"name": "one", "id": "other", "type": "local_folder", "config": {"root": str(folder)}}
+        )
     assert len(await registry.list_data_sources()) == 1
 
 
@@ -127,7 +137,9 @@ async def test_masked_secret_survives_only_while_the_target_is_unchanged(
     assert (await registry.get_data_source(created.id, sanitize=False)).config["token"] == token
     # Changed host with the masked secret: refused, nothing stored changes.
     with pytest.raises(ConfigurationError) as info:
-        await registry.update_data_source(created.id, {"config": {"host": "evil.example", "token": MASK}})
+        await registry.update_data_source(
+            created.id, {"config": {"host": "evil.example", "token": MASK}}
+        )
     assert "host" in info.value.message and "token" in info.value.message
     with pytest.raises(ConfigurationError):
         await registry.update_data_source(created.id, {"config": {"host": "evil.example"}})
@@ -138,14 +150,20 @@ async def test_masked_secret_survives_only_while_the_target_is_unchanged(
     current = await registry.get_data_source(created.id, sanitize=False)
     assert current.config["host"] == "a.example" and current.config["token"] == token
     # Changed host with the secret sent again: accepted.
-    await registry.update_data_source(created.id, {"config": {"host": "b.example", "token": "valid-new"}})
+    await registry.update_data_source(
+        created.id, {"config": {"host": "b.example", "token": "valid-new"}}
+    )
     current = await registry.get_data_source(created.id, sanitize=False)
     assert current.config["host"] == "b.example" and current.config["token"] == "valid-new"
 
 
 async def test_update_rules(registry: DataSourceRegistry, folder: Path) -> None:
-    await registry.register_data_source({"name": "a", "type": "local_folder", "config": {"root": str(folder)}})
-    await registry.register_data_source({"name": "b", "type": "local_folder", "config": {"root": str(folder)}})
+    await registry.register_data_source(
+        {"name": "a", "type": "local_folder", "config": {"root": str(folder)}}
+    )
+    await registry.register_data_source(
+        {"name": "b", "type": "local_folder", "config": {"root": str(folder)}}
+    )
     with pytest.raises(ConfigurationError):
         await registry.update_data_source("a", {"id": "c", "owner": "someone"})
     with pytest.raises(AlreadyExistsError):
@@ -154,12 +172,16 @@ async def test_update_rules(registry: DataSourceRegistry, folder: Path) -> None:
         await registry.update_data_source("a", {"name": ""})
     with pytest.raises(ConfigurationError):
         await registry.update_data_source("a", {"config": {"chunk_size": -1}})
-    updated = await registry.update_data_source("a", {"name": "a2", "tags": ["x"], "read_only": True})
+    updated = await registry.update_data_source(
+        "a", {"name": "a2", "tags": ["x"], "read_only": True}
+    )
     assert (updated.name, updated.tags, updated.read_only) == ("a2", ["x"], True)
 
 
 async def test_pooled_and_owned_connectors(registry: DataSourceRegistry, folder: Path) -> None:
-    await registry.register_data_source({"name": "f", "type": "local_folder", "config": {"root": str(folder)}})
+    await registry.register_data_source(
+        {"name": "f", "type": "local_folder", "config": {"root": str(folder)}}
+    )
     async with registry.get_connector("f") as connector:
         assert isinstance(connector, LocalFolderConnector) and connector.connected
         assert [i.path for i in await connector.list_items()] == ["a.csv"]
@@ -177,7 +199,9 @@ async def test_pooled_and_owned_connectors(registry: DataSourceRegistry, folder:
             pass
 
 
-async def test_read_only_flag_reaches_the_connector(registry: DataSourceRegistry, folder: Path) -> None:
+async def test_read_only_flag_reaches_the_connector(
+    registry: DataSourceRegistry, folder: Path
+) -> None:
     from datasources import ReadOnlyError
 
     await registry.register_data_source(
@@ -202,24 +226,32 @@ async def test_test_data_source_reports_without_secrets(
 
 
 async def test_owners_are_isolated(registry: DataSourceRegistry, folder: Path) -> None:
-    await registry.register_data_source({"name": "mine", "type": "local_folder", "config": {"root": str(folder)}})
+    await registry.register_data_source(
+        {"name": "mine", "type": "local_folder", "config": {"root": str(folder)}}
+    )
     alice = registry.scoped("alice")
     assert await alice.list_data_sources() == []
     with pytest.raises(NotFoundError):
         await alice.get_data_source("mine")
     with pytest.raises(NotFoundError):
         await alice.remove_data_source("mine")
-    await alice.register_data_source({"name": "mine", "type": "local_folder", "config": {"root": str(folder)}})
+    await alice.register_data_source(
+        {"name": "mine", "type": "local_folder", "config": {"root": str(folder)}}
+    )
     assert len(await registry.list_data_sources()) == 1
 
 
 async def test_persistent_store_without_key_refuses_secrets(folder: Path) -> None:
-    async with DataSourceRegistry(store=Store.memory(), credentials=CredentialManager()) as registry:
+    async with DataSourceRegistry(
+        store=Store.memory(), credentials=CredentialManager()
+    ) as registry:
         registry.register_connector_class("token_folder", TokenFolderConnector)
         with pytest.raises(MissingKeyError):
             await registry.register_data_source(token_source(folder, "valid-x"))
         assert await registry.list_data_sources() == []
-        await registry.register_data_source({"name": "plain", "type": "local_folder", "config": {"root": str(folder)}})
+        await registry.register_data_source(
+            {"name": "plain", "type": "local_folder", "config": {"root": str(folder)}}
+        )
 
 
 async def test_entry_point_plugins_and_missing_dependencies(

@@ -36,7 +36,9 @@ def test_safe_names_are_kept(raw: str, expected: str) -> None:
     assert safe_relative_path(raw).as_posix() == expected
 
 
-@pytest.mark.parametrize("name", [*HOSTILE_NAMES, "a/./b", "a\x1fb", "x\x7f", "/", "\\\\server\\share"])
+@pytest.mark.parametrize(
+    "name", [*HOSTILE_NAMES, "a/./b", "a\x1fb", "x\x7f", "/", "\\\\server\\share"]
+)
 def test_hostile_names_are_rejected(name: str) -> None:
     with pytest.raises(UnsafePathError) as info:
         safe_relative_path(name)
@@ -158,7 +160,9 @@ async def test_workspace_writer_records_provenance(tmp_path: Path) -> None:
 async def test_workspace_writer_failure_leaves_no_file_and_no_entry(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path / "ws")
     with pytest.raises(ConnectionError):
-        async with workspace.writer("a.bin", provenance={"source_id": "s", "source_type": "t"}) as w:
+        async with workspace.writer(
+            "a.bin", provenance={"source_id": "s", "source_type": "t"}
+        ) as w:
             await w.write(b"partial")
             raise ConnectionError("network went away")
     assert not (workspace.root / "a.bin").exists()

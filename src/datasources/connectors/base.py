@@ -11,9 +11,11 @@ live here once, for every connector.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
+import contextlib
 import json
 import re
 from abc import ABC, abstractmethod
@@ -369,9 +371,23 @@ class BaseConnector(ABC, Generic[ConfigT]):
         ) as writer:
             if progress is not None:
                 progress(0, item.size)
-            async for chunk in chunks():
-                await writer.write(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, item.size)
+            # Read the next chunk while this one is written and hashed: both run in
+            # worker threads that release the GIL, so reading and hashing overlap.
+            source = aiter(chunks())
+            pending: asyncio.Future[bytes | None] = asyncio.ensure_future(anext(source, None))
+            try:
+                while (chunk := await pending) is not None:
+                    pending = asyncio.ensure_future(anext(source, None))
+                    await writer.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, item.size)
+            finally:
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pending
+                closer = getattr(source, "aclose", None)
+                if closer is not None:
+                    await closer()
         return writer.path

@@ -15,6 +15,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -68,22 +69,29 @@ def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, tz=UTC)
 
 
+@lru_cache(maxsize=1024)
+def _content_type_for_suffix(suffix: str) -> str:
+    guessed, _ = mimetypes.guess_type("x" + suffix, strict=False)
+    return guessed or "application/octet-stream"
+
+
 def _file_item(rel: str, st: os.stat_result, checksum: str | None = None) -> DataItem:
-    content_type, _ = mimetypes.guess_type(rel, strict=False)
-    return DataItem(
+    name = rel.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return DataItem.trusted(
         path=rel,
-        name=rel.rsplit("/", 1)[-1],
+        name=name,
         kind=ItemKind.FILE,
         size=st.st_size,
         last_modified=_mtime(st),
-        content_type=content_type or "application/octet-stream",
+        content_type=_content_type_for_suffix(name[dot:].lower() if dot > 0 else ""),
         etag=_etag(st),
         checksum=checksum,
     )
 
 
 def _dir_item(rel_dir: str, st: os.stat_result | None) -> DataItem:
-    return DataItem(
+    return DataItem.trusted(
         path=rel_dir,
         name=rel_dir.rstrip("/").rsplit("/", 1)[-1],
         kind=ItemKind.DIRECTORY,

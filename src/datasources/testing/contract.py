@@ -275,9 +275,7 @@ class ConnectorContract:
             assert meter.moved == len(b"changed!")
             assert local.read_bytes() == b"changed!"
 
-    async def test_fetch_missing_item(
-        self, make_connector: MakeConnector, tmp_path: Path
-    ) -> None:
+    async def test_fetch_missing_item(self, make_connector: MakeConnector, tmp_path: Path) -> None:
         async with make_connector() as connector:
             with pytest.raises(NotFoundError):
                 await connector.fetch_data("nope/missing.csv", tmp_path / "ws")
@@ -307,9 +305,7 @@ class ConnectorContract:
 
     # -- upload ------------------------------------------------------------------------
 
-    async def test_upload_rules(
-        self, make_connector: MakeConnector, tmp_path: Path
-    ) -> None:
+    async def test_upload_rules(self, make_connector: MakeConnector, tmp_path: Path) -> None:
         local = tmp_path / "up.csv"
         local.write_bytes(b"a,b\n1,2\n")
         async with make_connector() as connector:

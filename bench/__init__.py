@@ -1,0 +1,1 @@
+"""Benchmarks: each compares our code with the strongest alternative in the same run."""
