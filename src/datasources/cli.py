@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -103,6 +103,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _fail(exc.message)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except ValidationError as exc:  # settings read from the environment
+        _fail(f"invalid setting: {_first_error(exc)}", 2)
+    except OSError as exc:
+        logging.getLogger(__name__).debug("Command failed", exc_info=True)
+        _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "))
+    except Exception as exc:  # one line for the user; the traceback goes to -v logs
+        logging.getLogger(__name__).debug("Command failed", exc_info=True)
+        _fail(f"internal error ({type(exc).__name__}); run with -v for details")
 
 
 def _configure_logging(verbose: bool, level_name: str) -> None:
@@ -261,8 +269,6 @@ def sources_add(
 
 
 def _first_error(exc: Exception) -> str:
-    from pydantic import ValidationError
-
     if isinstance(exc, ValidationError):
         problems = exc.errors(include_url=False, include_input=False, include_context=False)
         return "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
@@ -616,8 +622,6 @@ def demo(ctx: typer.Context) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from pydantic import ValidationError
-
     try:
         app()
     except DataSourceError as exc:  # raised outside _run

@@ -31,7 +31,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from datasources.errors import IntegrityError, LimitExceededError, NotFoundError, UnsafePathError
+from datasources.errors import (
+    IntegrityError,
+    InvalidInputError,
+    LimitExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsafePathError,
+)
 
 __all__ = [
     "MAX_PATH_BYTES",
@@ -327,11 +334,14 @@ class Workspace:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
         self._state = self.root / RESERVED_DIR
-        self._state.mkdir(exist_ok=True)
         self.tmp_dir = self._state / "tmp"
-        self.tmp_dir.mkdir(exist_ok=True)
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidInputError(f"The workspace {str(root)!r} is not a folder.") from None
+        except PermissionError:
+            raise PermissionDeniedError(f"The workspace {str(root)!r} is not writable.") from None
         self.manifest_path = self._state / "manifest.jsonl"
         self._entries: dict[str, ManifestEntry] = {}
         self._offset = 0

@@ -299,3 +299,34 @@ def test_console_script_subprocess(home: Path, tmp_path: Path) -> None:
     assert (
         done.returncode == 2 and "pool.max_size" in done.stderr and "Traceback" not in done.stderr
     )
+
+
+def test_config_file_and_bad_destinations(home: Path, folder: Path, tmp_path: Path) -> None:
+    good = tmp_path / "cfg.json"
+    good.write_text(json.dumps({"root": str(folder), "chunk_size": 65536}))
+    ok(home, "sources", "add", "from-file", "--type", "local_folder", "--config-file", str(good))
+    shown = json.loads(ok(home, "--json", "sources", "show", "from-file"))
+    assert shown["config"]["chunk_size"] == 65536
+    for content in ("[1, 2]", "{not json", ""):
+        bad = tmp_path / "bad.json"
+        bad.write_text(content)
+        result = cli(
+            home, "sources", "add", "x", "--type", "local_folder", "--config-file", str(bad)
+        )
+        assert result.exit_code == 2 and result.output.startswith("error:")
+    result = cli(
+        home,
+        "sources",
+        "add",
+        "x",
+        "--type",
+        "local_folder",
+        "--config-file",
+        str(tmp_path / "nope"),
+    )
+    assert result.exit_code == 2
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    result = cli(home, "get", "from-file", "a.csv", str(a_file))
+    assert result.exit_code == 1 and "not a folder" in result.output
+    assert a_file.read_text() == "x"
