@@ -138,6 +138,8 @@ CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case
 
 
 def child(case: str, data_dir: str, work: str) -> None:
+    import datasources  # noqa: F401 - imports are not part of any case's memory
+
     before = _rss_kib()
     seconds = CASES[case](Path(data_dir), Path(work))
     print(json.dumps({"seconds": seconds, "rss_growth_kib": max(_peak_kib() - before, 0)}))

@@ -281,23 +281,25 @@ class ConnectionPool(Generic[T]):
             self._counters["acquired"] += 1
             return slot
 
+    async def _open_one(self, timeout: float) -> T:
+        """Run the factory for a slot already counted in ``_opening``; uncount it on failure."""
+        cond = self._require_cond()
+        try:
+            conn = await asyncio.wait_for(self._factory(), max(timeout, 0.001))
+        except BaseException as exc:
+            async with cond:
+                self._opening -= 1
+                cond.notify()
+            if isinstance(exc, builtins.TimeoutError):
+                raise TimeoutError("Opening a connection timed out.") from None
+            raise
+        self._counters["created"] += 1
+        return conn
+
     async def _create_for_acquire(self, deadline: float) -> _Slot[T]:
         cond = self._require_cond()
         loop = asyncio.get_running_loop()
-        try:
-            remaining = max(deadline - loop.time(), 0.001)
-            conn = await asyncio.wait_for(self._factory(), remaining)
-        except builtins.TimeoutError:
-            async with cond:
-                self._opening -= 1
-                cond.notify()
-            raise TimeoutError("Opening a connection timed out.") from None
-        except BaseException:
-            async with cond:
-                self._opening -= 1
-                cond.notify()
-            raise
-        self._counters["created"] += 1
+        conn = await self._open_one(deadline - loop.time())
         now = loop.time()
         async with cond:
             self._opening -= 1
@@ -348,21 +350,12 @@ class ConnectionPool(Generic[T]):
             if self._size() >= self.max_size:
                 return
             self._opening += 1
-        try:
-            conn = await asyncio.wait_for(self._factory(), self.acquire_timeout)
-        except BaseException:
-            async with cond:
-                self._opening -= 1
-                cond.notify()
-            raise
-        self._counters["created"] += 1
+        conn = await self._open_one(self.acquire_timeout)
         now = asyncio.get_running_loop().time()
         async with cond:
             self._opening -= 1
-            if self._closed:
-                closing = True
-            else:
-                closing = False
+            closing = self._closed
+            if not closing:
                 self._idle.appendleft(_Slot(conn, now, now))
                 cond.notify()
         if closing:

@@ -431,14 +431,7 @@ class DataSourceRegistry:
             updated_at=datetime.now(UTC),
         )
         try:
-            check = DataSourceConfig(
-                id=updated.id,
-                type=updated.type,
-                name=updated.name,
-                description=updated.description,
-                read_only=updated.read_only,
-                tags=updated.tags,
-            )
+            check = self._public(updated)  # validates name, description and tags
         except ValidationError as exc:
             raise ConfigurationError.from_fields(
                 validation_problems(exc), prefix="Invalid update"

@@ -7,7 +7,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -213,19 +213,7 @@ class Store:
 
     async def add(self, record: StoredSource) -> StoredSource:
         """Insert; :class:`AlreadyExistsError` if the id or name is taken for that owner."""
-        row = DataSourceRow(
-            owner=record.owner,
-            id=record.id,
-            name=record.name,
-            type=record.type,
-            description=record.description,
-            config=record.config,
-            secrets=record.secrets,
-            read_only=record.read_only,
-            tags=record.tags,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-        )
+        row = DataSourceRow(**asdict(record))
         try:
             async with self._session() as session, session.begin():
                 session.add(row)
