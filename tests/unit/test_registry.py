@@ -194,6 +194,15 @@ async def test_pooled_and_owned_connectors(registry: DataSourceRegistry, folder:
         await owned.disconnect()
     await registry.remove_data_source("f")
     assert "local/f" not in registry.pool_stats()
+    await registry.register_data_source(
+        {"name": "g", "type": "local_folder", "config": {"root": str(folder)}}
+    )
+    async with registry.get_connector("g"):
+        pass
+    pool = registry._shared.pools[("local", "g")].pool
+    await registry.close()
+    assert pool.closed and registry.pool_stats() == {}
+    await registry.open()
     with pytest.raises(NotFoundError):
         async with registry.get_connector("f"):
             pass
