@@ -229,7 +229,11 @@ def main() -> None:
         f"Best alternative for fetch: {best_alt:.0f} MB/s. `shutil.copyfile` uses the kernel's "
         "copy and verifies nothing; our fetch also hashes (SHA-256 and MD5), fsyncs, renames "
         "atomically and records provenance, so it is bounded by hashing speed — the fair "
-        "comparison is the hand-written read/hash/write loop.\n"
+        "comparison is the hand-written read/hash/write loop.\n\n"
+        "Listing is slower than a bare `os.walk` + `stat`: each file becomes a `DataItem` "
+        "(etag, timestamp, content type, about 8 µs) and each folder is sorted so listings "
+        "come in the byte-wise order cursors rely on; `os.walk` builds nothing and does not "
+        "sort. The pool row shows why sources are borrowed rather than rebuilt.\n"
         f"{marker_end}"
     )
     if marker_start in text:
