@@ -17,6 +17,8 @@ __all__ = [
     "DataItem",
     "DataSourceConfig",
     "DataSourceType",
+    "FetchFailure",
+    "FetchReport",
     "ItemKind",
     "Page",
     "slugify",
@@ -196,6 +198,26 @@ class ConnectionStatus(BaseModel):
     message: str = ""
     warnings: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class FetchFailure(BaseModel):
+    """One item a bulk fetch could not bring, and why (a safe message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    error: str
+    message: str
+
+
+class FetchReport(BaseModel):
+    """What ``fetch_prefix`` did: the files that landed and the items that did not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fetched: list[str] = Field(default_factory=list, description="Workspace-relative paths.")
+    failed: list[FetchFailure] = Field(default_factory=list)
+    bytes_transferred: int = 0
 
 
 class Page(BaseModel):

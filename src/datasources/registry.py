@@ -53,6 +53,7 @@ ENTRY_POINT_GROUP = "datasources.connectors"
 # type -> "module:Class". Imported only when a source of that type is used.
 _BUILTINS: dict[str, str] = {
     "local_folder": "datasources.connectors.local_folder:LocalFolderConnector",
+    "azure_blob": "datasources.connectors.azure_blob:AzureBlobConnector",
 }
 # type -> the extra that installs its dependencies.
 _EXTRAS: dict[str, str] = {"azure_blob": "azure", "postgresql": "postgresql"}

@@ -28,11 +28,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from datasources.errors import (
     ConfigurationError,
+    DataSourceError,
     InvalidInputError,
     LimitExceededError,
     ReadOnlyError,
 )
-from datasources.models import ConnectionStatus, DataItem, Page
+from datasources.models import (
+    ConnectionStatus,
+    DataItem,
+    FetchFailure,
+    FetchReport,
+    ItemKind,
+    Page,
+)
 from datasources.workspace import Workspace
 
 __all__ = [
@@ -304,6 +312,64 @@ class BaseConnector(ABC, Generic[ConfigT]):
         progress: ProgressCallback | None = None,
     ) -> Path:
         """Stream one item into the workspace (atomic, verified, with provenance)."""
+
+    async def fetch_prefix(
+        self,
+        prefix_or_glob: str,
+        workspace_dir: Path | str | Workspace,
+        *,
+        concurrency: int = 4,
+    ) -> FetchReport:
+        """Fetch every file under a prefix (or matching a glob) with bounded concurrency.
+
+        Each item's failure (unsafe name, over the limit, vanished…) is reported and the
+        rest completes; only the listing itself failing raises.
+        """
+        if not 1 <= concurrency <= 64:
+            raise InvalidInputError("concurrency must be between 1 and 64.")
+        workspace = (
+            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
+        )
+        is_glob = any(c in prefix_or_glob for c in "*?[")
+        listing = (
+            self.iter_items(glob=prefix_or_glob) if is_glob else self.iter_items(prefix_or_glob)
+        )
+        report = FetchReport()
+        queue: asyncio.Queue[DataItem | None] = asyncio.Queue(maxsize=concurrency * 2)
+
+        async def worker() -> None:
+            while (item := await queue.get()) is not None:
+                moved = 0
+
+                def count(done: int, _total: int | None) -> None:
+                    nonlocal moved
+                    moved = done
+
+                try:
+                    local = await self.fetch_data(item.path, workspace, progress=count)
+                except DataSourceError as exc:
+                    report.failed.append(
+                        FetchFailure(path=item.path, error=exc.code, message=exc.message)
+                    )
+                else:
+                    report.fetched.append(workspace.relative(local))
+                    report.bytes_transferred += moved
+
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        try:
+            async for item in listing:
+                if item.kind == ItemKind.FILE:
+                    await queue.put(item)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        report.fetched.sort()
+        report.failed.sort(key=lambda f: f.path)
+        return report
 
     @abstractmethod
     async def upload_data(

@@ -303,6 +303,30 @@ class ConnectorContract:
         outside = {p for p in _tree(tmp_path) if not p.startswith("chat1/ws/")}
         assert not outside
 
+    async def test_fetch_prefix_reports_each_failure_and_completes_the_rest(
+        self, make_connector: MakeConnector, seed: Seed, tmp_path: Path
+    ) -> None:
+        await seed("bulk/a.csv", b"a")
+        await seed("bulk/deep/b.csv", b"bb")
+        await seed("bulk/deep/c.json", b"{}")
+        await seed("bulk/huge.csv", b"x" * 50)
+        await seed("other.csv", b"o")
+        async with make_connector(max_download_bytes=10) as connector:
+            report = await connector.fetch_prefix("bulk/", tmp_path / "ws", concurrency=2)
+            assert report.fetched == ["bulk/a.csv", "bulk/deep/b.csv", "bulk/deep/c.json"]
+            assert [(f.path, f.error) for f in report.failed] == [
+                ("bulk/huge.csv", "limit_exceeded")
+            ]
+            assert report.bytes_transferred == 5
+            by_glob = await connector.fetch_prefix("bulk/**/*.csv", tmp_path / "ws2")
+            assert by_glob.fetched == ["bulk/a.csv", "bulk/deep/b.csv"]
+            again = await connector.fetch_prefix("bulk/", tmp_path / "ws", concurrency=2)
+            assert again.bytes_transferred == 0
+            with pytest.raises(InvalidInputError):
+                await connector.fetch_prefix("bulk/", tmp_path / "ws", concurrency=0)
+        assert (tmp_path / "ws" / "bulk" / "deep" / "b.csv").read_bytes() == b"bb"
+        assert not (tmp_path / "ws" / "bulk" / "huge.csv").exists()
+
     # -- upload ------------------------------------------------------------------------
 
     async def test_upload_rules(self, make_connector: MakeConnector, tmp_path: Path) -> None:
