@@ -163,6 +163,10 @@ class AtomicFile:
         self._extent = 0
         self._flushed = 0
         self._sequential = True
+        self._hashed = 0  # positional writes: digests cover [0, _hashed)
+        self._pending: dict[int, int] = {}
+        self._rehash = False
+        self._hash_lock = threading.Lock()
         # MD5 only when there is a Content-MD5 to check: it is half as fast as SHA-256.
         self._md5 = hashlib.md5(usedforsecurity=False) if expected_md5 is not None else None
         self._sha256 = hashlib.sha256()
@@ -171,7 +175,8 @@ class AtomicFile:
         directory = tmp_dir or target.parent
         directory.mkdir(parents=True, exist_ok=True)
         self.tmp_path = directory / f".{secrets.token_hex(8)}.part"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        # Read access too: positional transfers hash pieces back from the page cache.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         self._fd: int | None = os.open(self.tmp_path, flags, 0o644)
         self.sha256: str | None = None
         self.md5: bytes | None = None
@@ -192,9 +197,7 @@ class AtomicFile:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        if self._md5 is not None:
-            self._md5.update(data)
-        self._sha256.update(data)
+        self._update_digests(data)
         self._extent += len(data)
         self.bytes_written += len(data)
         self._start_writeback()
@@ -211,7 +214,12 @@ class AtomicFile:
         self._flushed = self._extent
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        """Write ``data`` at ``offset``; thread-safe, for concurrent ranged transfers."""
+        """Write ``data`` at ``offset``; thread-safe, for concurrent ranged transfers.
+
+        Digests still advance during the transfer: pieces that extend the contiguous
+        prefix are hashed at once (from ``data``, or read back from the page cache for
+        pieces that arrived early), so :meth:`commit` has little left to hash.
+        """
         if self._fd is None:
             raise ValueError("The file is closed.")
         end = offset + len(data)
@@ -226,6 +234,46 @@ class AtomicFile:
             self._sequential = False
             self._extent = max(self._extent, end)
             self.bytes_written += len(data)
+            if offset < self._hashed:
+                self._rehash = True  # a rewrite (a retried range): hash the file at commit
+            else:
+                self._pending[offset] = end
+        self._advance_hash(data, offset, wait=False)
+
+    def _advance_hash(self, data: bytes | memoryview | None, offset: int, *, wait: bool) -> None:
+        if not self._hash_lock.acquire(blocking=wait):
+            return  # another thread is hashing; it or commit will pick this piece up
+        try:
+            while True:
+                with self._lock:
+                    start = self._hashed
+                    end = self._pending.pop(start, None)
+                if end is None or self._rehash:
+                    return
+                if data is not None and offset == start and start + len(data) == end:
+                    self._update_digests(data)
+                else:
+                    self._update_from_file(start, end)
+                data = None
+                with self._lock:
+                    self._hashed = end
+        finally:
+            self._hash_lock.release()
+
+    def _update_digests(self, data: bytes | memoryview) -> None:
+        if self._md5 is not None:
+            self._md5.update(data)
+        self._sha256.update(data)
+
+    def _update_from_file(self, start: int, end: int) -> None:
+        assert self._fd is not None
+        position = start
+        while position < end:
+            chunk = os.pread(self._fd, min(_COPY_CHUNK, end - position), position)
+            if not chunk:
+                raise IntegrityError("The file is shorter than what was written to it.")
+            self._update_digests(chunk)
+            position += len(chunk)
 
     def _digest_back(self) -> None:
         md5 = hashlib.md5(usedforsecurity=False) if self._md5 is not None else None
@@ -242,6 +290,8 @@ class AtomicFile:
         if self._fd is None:
             raise ValueError("The file is closed.")
         try:
+            if not self._sequential and not self._rehash:
+                self._advance_hash(None, -1, wait=True)
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
@@ -251,7 +301,7 @@ class AtomicFile:
                     f"Transfer incomplete: got {size} bytes, expected {self.expected_size}.",
                     details={"received_bytes": size, "expected_bytes": self.expected_size},
                 )
-            if not self._sequential:
+            if not self._sequential and (self._rehash or self._hashed != size):
                 self._digest_back()
             self.md5 = self._md5.digest() if self._md5 is not None else None
             self.sha256 = self._sha256.hexdigest()

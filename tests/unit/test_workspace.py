@@ -197,3 +197,31 @@ def test_md5_header_parsing() -> None:
     assert md5_from_base64("not base64!") is None
     assert md5_from_base64(None) is None
     assert md5_from_base64(base64.b64encode(b"short").decode()) is None
+
+
+def test_positional_writes_hash_during_the_transfer(tmp_path: Path) -> None:
+    import random
+
+    data = os.urandom(64 * 1024 + 123)
+    pieces = [(o, data[o : o + 4096]) for o in range(0, len(data), 4096)]
+    random.Random(7).shuffle(pieces)
+    file = AtomicFile(
+        tmp_path / "f",
+        expected_md5=hashlib.md5(data).digest(),
+        expected_sha256=hashlib.sha256(data).hexdigest(),
+    )
+    for offset, piece in pieces:
+        file.pwrite(piece, offset)
+    assert file._hashed == len(data)  # all hashed before commit, in order
+    file.commit()
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_a_rewritten_range_is_hashed_from_the_file(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    file = AtomicFile(tmp_path / "f", expected_sha256=hashlib.sha256(data).hexdigest())
+    file.pwrite(b"\x00" * 5000, 0)  # a first attempt that is later retried
+    file.pwrite(data[:5000], 0)
+    file.pwrite(data[5000:], 5000)
+    file.commit()
+    assert (tmp_path / "f").read_bytes() == data
