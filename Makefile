@@ -30,8 +30,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src
 
-bench: $(STAMP)
-	$(PY) -m bench
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed node_modules/.installed
+	bash scripts/services.sh start
+	set -a && . .cache/services.env && set +a && $(PY) -m bench $(BENCH)
 
 services: node_modules/.installed
 	bash scripts/services.sh start

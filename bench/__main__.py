@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from bench import foundation
+import os
+import sys
+
+from bench import azure_blob, foundation
 
 if __name__ == "__main__":
-    foundation.main()
+    which = set(sys.argv[1:]) or {"foundation", "azure_blob"}
+    if "foundation" in which:
+        foundation.main()
+    if "azure_blob" in which:
+        if "DATASOURCES_TEST_AZURITE_CONNECTION_STRING" not in os.environ:
+            sys.exit("azure_blob needs Azurite: run it through 'make bench'")
+        azure_blob.main()

@@ -219,30 +219,36 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     table = "\n".join(rows)
     print(table)
-    doc = ROOT / "docs" / "performance.md"
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    marker_start, marker_end = "<!-- foundation:start -->", "<!-- foundation:end -->"
-    section = (
-        f"{marker_start}\n## Foundation (`bench/foundation.py`)\n\n"
+    update_section(
+        "foundation",
+        f"## Foundation (`bench/foundation.py`)\n\n"
         f"Machine: {machine}; best of 3 runs each, every case in its own process; "
         f"written {time.strftime('%Y-%m-%d')}.\n\n{table}\n\n"
         f"Best alternative for fetch: {best_alt:.0f} MB/s. `shutil.copyfile` uses the kernel's "
-        "copy and verifies nothing and does not fsync; our fetch also hashes (SHA-256), fsyncs, renames "
-        "atomically and records provenance, so it is bounded by the disk — the fair "
+        "copy and verifies nothing and does not fsync; our fetch also hashes (SHA-256), "
+        "fsyncs, renames atomically and records provenance, so it is bounded by the disk — "
+        "the fair "
         "comparison is the hand-written read/hash/write loop.\n\n"
         "Listing is slower than a bare `os.walk` + `stat`: each file becomes a `DataItem` "
         "(etag, timestamp, content type, about 8 µs) and each folder is sorted so listings "
         "come in the byte-wise order cursors rely on; `os.walk` builds nothing and does not "
-        "sort. The pool row shows why sources are borrowed rather than rebuilt.\n"
-        f"{marker_end}"
+        "sort. The pool row shows why sources are borrowed rather than rebuilt.\n",
     )
-    if marker_start in text:
-        head, rest = text.split(marker_start, 1)
-        text = head + section + rest.split(marker_end, 1)[1]
+
+
+def update_section(name: str, body: str) -> None:
+    """Replace (or append) one benchmark's section of docs/performance.md."""
+    doc = ROOT / "docs" / "performance.md"
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     doc.write_text(text)
-    print(f"wrote {doc}")
+    print(f"wrote {doc} ({name})")
 
 
 if __name__ == "__main__":

@@ -225,3 +225,23 @@ def test_a_rewritten_range_is_hashed_from_the_file(tmp_path: Path) -> None:
     file.pwrite(data[5000:], 5000)
     file.commit()
     assert (tmp_path / "f").read_bytes() == data
+
+
+async def test_non_durable_files_are_trusted_only_within_one_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasources.workspace as module
+
+    workspace = Workspace(tmp_path / "ws", durable=False)
+    fsyncs: list[int] = []
+    monkeypatch.setattr(module.os, "fsync", lambda fd: fsyncs.append(fd))
+    async with workspace.writer(
+        "a.csv", provenance={"source_id": "s", "source_type": "t", "etag": "e"}
+    ) as w:
+        await w.write(b"data")
+    entry = workspace.lookup("a.csv")
+    assert entry is not None and entry.boot_id == module._boot_id()
+    assert len(fsyncs) == 1  # the manifest line only, not the data
+    assert workspace.is_current("a.csv", source_id="s", etag="e") is not None
+    monkeypatch.setattr(module, "_boot_id", lambda: "another-boot")
+    assert workspace.is_current("a.csv", source_id="s", etag="e") is None
