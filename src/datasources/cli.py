@@ -444,8 +444,11 @@ def get(
         Path, typer.Argument(help="Workspace folder (keeps the remote folders).")
     ] = Path("."),
 ) -> None:
-    """Fetch one item into a workspace folder, verified, with provenance."""
+    """Fetch an item (or, for a PATH ending in '/' or holding * ? [, many) into a workspace."""
     state = _state(ctx)
+    if path.endswith("/") or any(c in path for c in "*?["):
+        _get_many(state, source, path, dest)
+        return
     with _progress() as bar:
         local = _run(_borrow(state, source, lambda c: _fetch(c, path, dest, bar)))
     workspace = Workspace(dest)
@@ -455,6 +458,24 @@ def get(
     else:
         size = _human_size(entry.size) if entry else ""
         out.print(f"{local}  {size}  sha256:{entry.sha256 if entry else '?'}", markup=False)
+
+
+def _get_many(state: State, source: str, pattern: str, dest: Path) -> None:
+    report = _run(_borrow(state, source, lambda c: c.fetch_prefix(pattern, dest)))
+    if state.json:
+        _emit_json(report)
+    else:
+        for path in report.fetched:
+            out.print(path, markup=False)
+        out.print(
+            f"{len(report.fetched)} file(s), {_human_size(report.bytes_transferred)} transferred"
+            f" into {dest}",
+            markup=False,
+        )
+    for failure in report.failed:
+        err.print(f"error: {failure.path}: {failure.message}", markup=False)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command("put")

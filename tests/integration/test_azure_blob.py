@@ -637,3 +637,34 @@ async def test_emulator_stopped_mid_download_then_started_again(tmp_path: Path) 
             assert local.read_bytes() == payload
     finally:
         await emulator.stop()
+
+
+async def test_iteration_holds_one_page_at_a_time(
+    make_connector: Callable[..., AzureBlobConnector], container: Any, tmp_path: Path
+) -> None:
+    import asyncio
+
+    await asyncio.gather(*(container.upload_blob(f"p/{i:03d}.txt", b"x") for i in range(45)))
+    connector = make_connector()
+    connector.list_page_size = 10  # type: ignore[misc]
+    requests = 0
+    original = connector._list_request
+
+    async def counting(*args: Any) -> bytes:
+        nonlocal requests
+        requests += 1
+        return await original(*args)
+
+    connector._list_request = counting  # type: ignore[method-assign]
+    async with connector:
+        iterator = connector.iter_items("p/")
+        first = [await anext(iterator) for _ in range(10)]
+        assert [i.path for i in first] == [f"p/{i:03d}.txt" for i in range(10)]
+        assert requests <= 2  # this page and, at most, the next one requested ahead
+        rest = [item async for item in iterator]
+        assert len(rest) == 35 and requests == 5
+        empty = tmp_path / "empty.bin"
+        empty.write_bytes(b"")
+        item = await connector.upload_data(empty, "zero/empty.bin")
+        assert item.size == 0
+        assert (await connector.fetch_data("zero/empty.bin", tmp_path / "ws")).read_bytes() == b""

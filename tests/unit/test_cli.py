@@ -330,3 +330,25 @@ def test_config_file_and_bad_destinations(home: Path, folder: Path, tmp_path: Pa
     result = cli(home, "get", "from-file", "a.csv", str(a_file))
     assert result.exit_code == 1 and "not a folder" in result.output
     assert a_file.read_text() == "x"
+
+
+def test_get_many_by_prefix_and_glob(home: Path, folder: Path, tmp_path: Path) -> None:
+    (folder / "sub" / "c.csv").write_text("c")
+    ok(
+        home,
+        "sources",
+        "add",
+        "f",
+        "--type",
+        "local_folder",
+        "-c",
+        f"root={folder}",
+        "-c",
+        "max_download_bytes=4",
+    )
+    result = cli(home, "get", "f", "sub/", str(tmp_path / "ws"))
+    assert result.exit_code == 1  # b.txt is over the 4-byte limit; c.csv still lands
+    assert "sub/c.csv" in result.output and "error: sub/b.txt" in result.output
+    assert (tmp_path / "ws" / "sub" / "c.csv").read_text() == "c"
+    report = json.loads(ok(home, "--json", "get", "f", "**/c.csv", str(tmp_path / "ws2")))
+    assert report["fetched"] == ["sub/c.csv"] and report["failed"] == []

@@ -465,6 +465,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         {"connection_string", "account_key", "sas_token", "container_sas_url", "client_secret"}
     )
     target_fields = frozenset({"account_url", "container_name", "tenant_id", "client_id"})
+    list_page_size: ClassVar[int] = 5000
+    """Blobs per List Blobs request when iterating (the service's maximum)."""
 
     def __init__(self, config: AzureBlobConfig | dict[str, Any], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -837,7 +839,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
             return
         matcher = compile_glob(glob) if glob else None
         # Markers are opaque, so a resume point (start_after) is skipped to locally.
-        async for items, _next in self._list_pages(prefix, delimiter, None, 5000):
+        async for items, _next in self._list_pages(prefix, delimiter, None, self.list_page_size):
             for item in items:
                 if start_after is not None and item.path <= start_after:
                     continue
