@@ -82,6 +82,7 @@ _AUTH_LABELS: dict[str, str] = {
 }
 
 EXPIRY_WARNING = timedelta(days=7)
+_PREFIX = "Invalid azure_blob configuration"
 _WRITE_PERMISSIONS = set("wdacmeuxy")  # SAS letters that allow changing data
 _DEFAULT_CHUNK = 8 * 1024 * 1024
 _READ_PIECE = 1024 * 1024
@@ -162,7 +163,7 @@ def parse_connection_string(value: str) -> ParsedConnectionString:
         account_url = ""
     if problems:
         raise ConfigurationError.from_fields(
-            [("connection_string", p) for p in problems], prefix="Invalid azure_blob configuration"
+            [("connection_string", p) for p in problems], prefix=_PREFIX
         )
     return ParsedConnectionString(account, account_url, key, sas.lstrip("?") if sas else None)
 
@@ -191,20 +192,14 @@ class SasInfo:
         """Inspect a SAS query string; :class:`ConfigurationError` if it is not one."""
         query = parse_qs(token.lstrip("?"), keep_blank_values=True)
         if "sig" not in query:
-            raise ConfigurationError.from_fields(
-                [(field, "is not a SAS token (no 'sig' parameter)")],
-                prefix="Invalid azure_blob configuration",
-            )
+            raise _config_error(field, "is not a SAS token (no 'sig' parameter)")
         expiry: datetime | None = None
         if "se" in query:
             raw = query["se"][0]
             try:
                 expiry = datetime.fromisoformat(raw.replace("Z", "+00:00"))
             except ValueError:
-                raise ConfigurationError.from_fields(
-                    [(field, "has an unreadable expiry ('se')")],
-                    prefix="Invalid azure_blob configuration",
-                ) from None
+                raise _config_error(field, "has an unreadable expiry ('se')") from None
             if expiry.tzinfo is None:
                 expiry = expiry.replace(tzinfo=UTC)
         return cls(
@@ -215,33 +210,28 @@ class SasInfo:
         )
 
 
+def _config_error(field: str, problem: str) -> ConfigurationError:
+    return ConfigurationError.from_fields([(field, problem)], prefix=_PREFIX)
+
+
 def _split_container_sas_url(url: str) -> tuple[str, str, str]:
-    """``https://acct…/container?sas`` → (account_url, container, sas)."""
+    """``https://acct…/container?sas`` → (account_url, container, sas).
+
+    Path-style endpoints (Azurite, IP addresses) carry the account in the path:
+    ``http://127.0.0.1:10000/account/container?sas``.
+    """
     split = urlsplit(url)
     if split.scheme not in ("http", "https") or not split.netloc:
-        raise ConfigurationError.from_fields(
-            [("container_sas_url", "is not an http(s) URL")],
-            prefix="Invalid azure_blob configuration",
-        )
+        raise _config_error("container_sas_url", "is not an http(s) URL")
     path = [p for p in split.path.split("/") if p]
-    # Emulator URLs carry the account in the path: http://127.0.0.1:10000/account/container
-    is_emulator = split.hostname in ("127.0.0.1", "localhost") or (
-        split.port is not None and not split.netloc.endswith(".windows.net") and len(path) >= 2
-    )
-    if is_emulator and len(path) >= 2:
-        account_path, container = "/" + path[0], path[1]
-    elif len(path) >= 1:
+    if len(path) == 1:
         account_path, container = "", path[0]
+    elif len(path) == 2:
+        account_path, container = "/" + path[0], path[1]
     else:
-        raise ConfigurationError.from_fields(
-            [("container_sas_url", "does not name a container")],
-            prefix="Invalid azure_blob configuration",
-        )
+        raise _config_error("container_sas_url", "must name exactly one container")
     if not split.query:
-        raise ConfigurationError.from_fields(
-            [("container_sas_url", "has no SAS query string")],
-            prefix="Invalid azure_blob configuration",
-        )
+        raise _config_error("container_sas_url", "has no SAS query string")
     account_url = urlunsplit((split.scheme, split.netloc, account_path, "", ""))
     return account_url, unquote(container), split.query
 
@@ -388,10 +378,7 @@ def _resolve_target(config: AzureBlobConfig) -> _Target:
             config.container_sas_url.get_secret_value()
         )
         if config.container_name and config.container_name != container:
-            raise ConfigurationError.from_fields(
-                [("container_name", "differs from the container in container_sas_url")],
-                prefix="Invalid azure_blob configuration",
-            )
+            raise _config_error("container_name", "differs from the container in container_sas_url")
         return _Target(
             mode, account_url, _account_from_url(account_url), container, None, container_sas
         )
@@ -401,9 +388,7 @@ def _resolve_target(config: AzureBlobConfig) -> _Target:
         try:
             base64.b64decode(key, validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigurationError.from_fields(
-                [("account_key", "is not valid base64")], prefix="Invalid azure_blob configuration"
-            ) from None
+            raise _config_error("account_key", "is not valid base64") from None
     sas: str | None = config.sas_token.get_secret_value().lstrip("?") if config.sas_token else None
     return _Target(
         mode,
@@ -495,9 +480,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         assert isinstance(config, AzureBlobConfig)
         sas = cls._sas_of(config)  # parses connection strings and SAS, naming bad parts
         if sas is not None and sas.expiry is not None and sas.expiry <= datetime.now(UTC):
-            raise ConfigurationError.from_fields(
-                [(config.auth_mode, f"the SAS token expired on {sas.expiry:%Y-%m-%d %H:%M} UTC")],
-                prefix="Invalid azure_blob configuration",
+            raise _config_error(
+                config.auth_mode, f"the SAS token expired on {sas.expiry:%Y-%m-%d %H:%M} UTC"
             )
 
     @property
