@@ -37,9 +37,10 @@ from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
     ProgressCallback,
-    compile_glob,
+    check_page_limit,
     decode_cursor,
-    glob_prefix,
+    encode_cursor,
+    listing_query,
 )
 from datasources.errors import (
     AlreadyExistsError,
@@ -52,7 +53,6 @@ from datasources.errors import (
     PermissionDeniedError,
     TimeoutError,
     UnavailableError,
-    UnsafePathError,
 )
 from datasources.models import ConnectionStatus, DataItem, DataSourceType, ItemKind, Page
 from datasources.workspace import AtomicFile, Workspace, md5_from_base64, safe_relative_path
@@ -797,20 +797,6 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         logger.info("Azure listing failed: HTTP %s %s", status, code)
         return DataSourceError(f"Azure Storage refused the listing (HTTP {status}).")
 
-    @staticmethod
-    def _check_listing_args(prefix: str | None, delimiter: str | None, glob: str | None) -> str:
-        if delimiter not in (None, "/"):
-            raise InvalidInputError("Only '/' is supported as a delimiter.")
-        prefix = prefix or ""
-        for value in (prefix, glob or ""):
-            if any(ord(c) < 32 for c in value):
-                raise UnsafePathError("The prefix contains a control character.")
-        if glob:
-            literal = glob_prefix(glob)
-            if literal.startswith(prefix) or prefix.startswith(literal):
-                prefix = max(prefix, literal, key=len)
-        return prefix
-
     async def iter_items(
         self,
         prefix: str | None = None,
@@ -819,23 +805,15 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         glob: str | None = None,
         start_after: str | None = None,
     ) -> AsyncIterator[DataItem]:
-        original = prefix or ""
-        prefix = self._check_listing_args(prefix, delimiter, glob)
-        if glob and not (
-            glob_prefix(glob).startswith(original) or original.startswith(glob_prefix(glob))
-        ):
+        query = listing_query(prefix, delimiter, glob)
+        if query.empty:
             return
-        matcher = compile_glob(glob) if glob else None
         # Markers are opaque, so a resume point (start_after) is skipped to locally.
-        async for items, _next in self._list_pages(prefix, delimiter, None, self.list_page_size):
+        pages = self._list_pages(query.prefix, delimiter, None, self.list_page_size)
+        async for items, _next in pages:
             for item in items:
-                if start_after is not None and item.path <= start_after:
-                    continue
-                if matcher is not None and (
-                    item.kind == ItemKind.DIRECTORY or not matcher.match(item.path)
-                ):
-                    continue
-                yield item
+                if (start_after is None or item.path > start_after) and query.accepts(item):
+                    yield item
 
     async def list_page(
         self,
@@ -847,32 +825,15 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         glob: str | None = None,
     ) -> Page:
         """One page straight from the service's continuation token (no re-listing)."""
-        from datasources.connectors.base import MAX_PAGE_SIZE
-
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
+        check_page_limit(limit)
         token = decode_cursor(cursor) if cursor else None
-        original = prefix or ""
-        prefix = self._check_listing_args(prefix, delimiter, glob)
-        if glob and not (
-            glob_prefix(glob).startswith(original) or original.startswith(glob_prefix(glob))
-        ):
+        query = listing_query(prefix, delimiter, glob)
+        if query.empty:
             return Page(items=[])
-        matcher = compile_glob(glob) if glob else None
-        items: list[DataItem] = []
-        next_token: str | None = None
-        async for page, following in self._list_pages(prefix, delimiter, token, limit):
-            next_token = following
-            for item in page:
-                if matcher is not None and (
-                    item.kind == ItemKind.DIRECTORY or not matcher.match(item.path)
-                ):
-                    continue
-                items.append(item)
-            break
-        from datasources.connectors.base import encode_cursor
-
-        return Page(items=items, next_cursor=encode_cursor(next_token) if next_token else None)
+        async for page, following in self._list_pages(query.prefix, delimiter, token, limit):
+            items = [item for item in page if query.accepts(item)]
+            return Page(items=items, next_cursor=encode_cursor(following) if following else None)
+        return Page(items=[])
 
     async def get_metadata(self, path: str) -> DataItem:
         name = self._blob_name(path)
@@ -1010,11 +971,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
     async def _fetch_version(
         self, name: str, item: DataItem, workspace: Workspace, progress: ProgressCallback | None
     ) -> Path:
-        self.check_size(name, item.size)
-        cached = workspace.is_current(name, source_id=self.source_id, etag=item.etag)
+        cached = self.reuse_if_current(name, item, workspace, progress)
         if cached is not None:
-            if progress is not None:
-                progress(0, item.size)
             return cached
         size = item.size or 0
         expected_md5 = md5_from_base64(item.checksum[4:]) if item.checksum else None
@@ -1034,12 +992,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
 
         chunk = self.config.chunk_size
         semaphore = asyncio.Semaphore(self.config.max_concurrency)
-        provenance = {
-            "source_id": self.source_id,
-            "source_type": str(self.type),
-            "remote_path": name,
-            "etag": item.etag,
-        }
+        provenance = self.provenance(name, item)
         async with workspace.writer(
             name,
             max_bytes=self.config.max_download_bytes,

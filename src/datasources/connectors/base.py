@@ -20,6 +20,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
@@ -32,6 +33,7 @@ from datasources.errors import (
     InvalidInputError,
     LimitExceededError,
     ReadOnlyError,
+    UnsafePathError,
 )
 from datasources.models import (
     ConnectionStatus,
@@ -127,6 +129,45 @@ def glob_prefix(pattern: str) -> str:
     """The literal part of a glob before its first wildcard (a listing prefix)."""
     match = re.search(r"[*?\[]", pattern)
     return pattern if match is None else pattern[: match.start()]
+
+
+@dataclass(frozen=True)
+class ListingQuery:
+    """A checked listing request: the prefix to ask the source for, and what to keep."""
+
+    prefix: str
+    delimiter: str | None
+    matcher: re.Pattern[str] | None
+    empty: bool
+    """The glob and the prefix can never both match: list nothing."""
+
+    def accepts(self, item: DataItem) -> bool:
+        """With a glob, only files whose whole path matches it."""
+        if self.matcher is None:
+            return True
+        return item.kind == ItemKind.FILE and self.matcher.match(item.path) is not None
+
+
+def listing_query(prefix: str | None, delimiter: str | None, glob: str | None) -> ListingQuery:
+    """Validate listing arguments and narrow the prefix to the glob's literal start."""
+    if delimiter not in (None, "/"):
+        raise InvalidInputError("Only '/' is supported as a delimiter.")
+    prefix = prefix or ""
+    for value in (prefix, glob or ""):
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise UnsafePathError("The prefix or glob contains a control character.")
+    if not glob:
+        return ListingQuery(prefix, delimiter, None, empty=False)
+    literal = glob_prefix(glob)
+    if not (literal.startswith(prefix) or prefix.startswith(literal)):
+        return ListingQuery(prefix, delimiter, None, empty=True)
+    return ListingQuery(max(prefix, literal, key=len), delimiter, compile_glob(glob), empty=False)
+
+
+def check_page_limit(limit: int) -> None:
+    """Page sizes are bounded so one page never holds a listing whole."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
 
 
 def encode_cursor(last: str) -> str:
@@ -282,8 +323,7 @@ class BaseConnector(ABC, Generic[ConfigT]):
         glob: str | None = None,
     ) -> Page:
         """One page of at most ``limit`` items and a cursor for the next page."""
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
+        check_page_limit(limit)
         after = decode_cursor(cursor) if cursor else None
         items: list[DataItem] = []
         more = False
@@ -394,6 +434,32 @@ class BaseConnector(ABC, Generic[ConfigT]):
                 details={"size_bytes": size, "limit_bytes": limit},
             )
 
+    def reuse_if_current(
+        self,
+        path: str,
+        item: DataItem,
+        workspace: Workspace,
+        progress: ProgressCallback | None,
+    ) -> Path | None:
+        """Check the size limit, then the workspace's copy: the local file if unchanged."""
+        self.check_size(path, item.size)
+        cached = workspace.is_current(path, source_id=self.source_id, etag=item.etag)
+        if cached is not None and progress is not None:
+            progress(0, item.size)
+        return cached
+
+    def provenance(
+        self, path: str, item: DataItem, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The manifest fields a fetch of ``item`` records."""
+        return {
+            "source_id": self.source_id,
+            "source_type": str(self.type),
+            "remote_path": path,
+            "etag": item.etag,
+            **(extra or {}),
+        }
+
     async def stream_into_workspace(
         self,
         path: str,
@@ -414,26 +480,16 @@ class BaseConnector(ABC, Generic[ConfigT]):
             workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
         )
         workspace.path_for(path)  # validate the name before touching the source
-        self.check_size(path, item.size)
-        cached = workspace.is_current(path, source_id=self.source_id, etag=item.etag)
+        cached = self.reuse_if_current(path, item, workspace, progress)
         if cached is not None:
-            if progress is not None:
-                progress(0, item.size)
             return cached
-        record = {
-            "source_id": self.source_id,
-            "source_type": str(self.type),
-            "remote_path": path,
-            "etag": item.etag,
-            **(provenance or {}),
-        }
         done = 0
         async with workspace.writer(
             path,
             max_bytes=self.config.max_download_bytes,
             expected_size=item.size,
             expected_md5=expected_md5,
-            provenance=record,
+            provenance=self.provenance(path, item, provenance),
         ) as writer:
             if progress is not None:
                 progress(0, item.size)

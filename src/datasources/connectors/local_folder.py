@@ -24,9 +24,9 @@ from pydantic import Field, field_validator
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
+    ListingQuery,
     ProgressCallback,
-    compile_glob,
-    glob_prefix,
+    listing_query,
 )
 from datasources.errors import (
     AlreadyExistsError,
@@ -184,10 +184,10 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
     # -- listing -----------------------------------------------------------------------
 
     def _walk(
-        self, prefix: str, delimiter: str | None, glob: str | None, start_after: str | None
+        self, query: ListingQuery, start_after: str | None
     ) -> Generator[DataItem, None, None]:
         root = self.root
-        matcher = compile_glob(glob) if glob else None
+        prefix, delimiter, matcher = query.prefix, query.delimiter, query.matcher
 
         def visit(directory: Path, rel_dir: str) -> Iterator[DataItem]:
             try:
@@ -257,19 +257,12 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
         glob: str | None = None,
         start_after: str | None = None,
     ) -> AsyncIterator[DataItem]:
-        if delimiter not in (None, "/"):
-            raise InvalidInputError("Only '/' is supported as a delimiter.")
-        prefix = (prefix or "").replace("\\", "/")
-        if "\x00" in prefix or (glob and "\x00" in glob):
-            raise UnsafePathError("The prefix contains a NUL character.")
-        if prefix.startswith("/") or ".." in prefix.split("/"):
+        query = listing_query((prefix or "").replace("\\", "/"), delimiter, glob)
+        if query.prefix.startswith("/") or ".." in query.prefix.split("/"):
             raise UnsafePathError("The prefix must be relative and must not contain '..'.")
-        if glob:
-            literal = glob_prefix(glob)
-            if not (literal.startswith(prefix) or prefix.startswith(literal)):
-                return
-            prefix = max(prefix, literal, key=len)
-        walker = self._walk(prefix, delimiter, glob, start_after)
+        if query.empty:
+            return
+        walker = self._walk(query, start_after)
 
         def next_batch() -> list[DataItem]:
             batch: list[DataItem] = []
