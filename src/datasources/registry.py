@@ -54,6 +54,7 @@ ENTRY_POINT_GROUP = "datasources.connectors"
 _BUILTINS: dict[str, str] = {
     "local_folder": "datasources.connectors.local_folder:LocalFolderConnector",
     "azure_blob": "datasources.connectors.azure_blob:AzureBlobConnector",
+    "postgresql": "datasources.connectors.postgresql:PostgreSQLConnector",
 }
 # type -> the extra that installs its dependencies.
 _EXTRAS: dict[str, str] = {"azure_blob": "azure", "postgresql": "postgresql"}

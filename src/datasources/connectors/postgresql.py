@@ -1,0 +1,674 @@
+"""PostgreSQL: read-only in depth.
+
+Every query passes four independent layers, each tested with the others switched off:
+
+1. :func:`datasources.sql_guard.check_read_only` — a parser check (``parser_check``);
+2. the extended protocol (a prepared statement), so a second statement never rides along;
+3. a ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout`` and
+   ``idle_in_transaction_session_timeout``, on connections opened with
+   ``default_transaction_read_only=on``; the transaction is always rolled back;
+4. the role: ``test_connection`` warns when it can write (superuser, server-file roles,
+   INSERT/UPDATE/DELETE on visible tables).
+
+Only an allow-list of connection parameters is accepted: ``passfile``, ``service``,
+``options``, ``sslkeylogfile`` and anything else that reads local files or changes
+session settings is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import datetime as dt
+import decimal
+import ipaddress
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from datasources.connectors.base import (
+    BaseConnector,
+    ConnectorConfig,
+    ProgressCallback,
+    listing_query,
+)
+from datasources.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DataSourceError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    TimeoutError,
+    UnavailableError,
+)
+from datasources.models import ConnectionStatus, DataItem, DataSourceType, ItemKind
+from datasources.sql_guard import ReadOnlyViolation, check_read_only
+from datasources.workspace import Workspace
+
+__all__ = ["PostgreSQLConfig", "PostgreSQLConnector", "QueryColumn", "QueryResult", "parse_dsn"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "Invalid postgresql configuration"
+# Connection parameters a DSN may carry; everything else is refused by name.
+_ALLOWED_DSN_PARAMS = frozenset(
+    {
+        "host",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "sslmode",
+        "sslrootcert",
+        "connect_timeout",
+        "application_name",
+    }
+)
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _config_error(field: str, problem: str) -> ConfigurationError:
+    return ConfigurationError.from_fields([(field, problem)], prefix=_PREFIX)
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """A ``postgresql://`` URL or ``key=value`` string → allowed parameters (others refused)."""
+    params: dict[str, str] = {}
+    text = dsn.strip()
+    if text.startswith(("postgresql://", "postgres://")):
+        split = urlsplit(text)
+        if split.username:
+            params["user"] = unquote(split.username)
+        if split.password:
+            params["password"] = unquote(split.password)
+        if split.hostname:
+            params["host"] = split.hostname
+        try:
+            port = split.port
+        except ValueError:
+            raise _config_error("dsn", "has an invalid port") from None
+        if port:
+            params["port"] = str(port)
+        if split.path.strip("/"):
+            params["dbname"] = unquote(split.path.strip("/"))
+        pairs = parse_qsl(split.query, keep_blank_values=True)
+    else:
+        pairs = []
+        for match in re.finditer(r"(\w+)\s*=\s*('(?:\\.|[^'\\])*'|\S+)", text):
+            value = match.group(2)
+            if value.startswith("'"):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            pairs.append((match.group(1), value))
+        if not pairs:
+            raise _config_error("dsn", "is neither a postgresql:// URL nor key=value pairs")
+    refused = sorted({key for key, _ in pairs if key not in _ALLOWED_DSN_PARAMS})
+    if refused:
+        raise _config_error(
+            "dsn",
+            f"parameter(s) {', '.join(refused)} are not allowed (they read local files "
+            "or change session settings)",
+        )
+    params.update(pairs)
+    return params
+
+
+class PostgreSQLConfig(ConnectorConfig):
+    """Config of a ``postgresql`` source: discrete keys or a ``dsn``."""
+
+    host: str | None = None
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    dsn: SecretStr | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+    sslrootcert: str | None = None
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    application_name: str = Field(default="datasources", max_length=63)
+    statement_timeout: float = Field(default=30.0, gt=0, le=86400)
+    max_rows: int = Field(default=10_000, ge=1, le=10_000_000)
+    schemas: list[str] | None = Field(default=None, description="Allow-list of schemas.")
+    pgbouncer: bool = Field(default=False, description="No server-side prepared statement cache.")
+    pool_min_size: int = Field(default=0, ge=0, le=100)
+    pool_max_size: int = Field(default=5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_way_to_connect(self) -> PostgreSQLConfig:
+        discrete = [k for k in ("host", "database", "user", "password") if getattr(self, k)]
+        if self.dsn is not None and discrete:
+            raise ValueError(f"give either dsn or {', '.join(discrete)}, not both")
+        if self.dsn is None and not (self.host and self.database and self.user):
+            raise ValueError("host, database and user are required (or a dsn)")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        if any(c in self.application_name for c in "\x00'\\"):
+            raise ValueError("application_name has characters that are not allowed")
+        return self
+
+    def connection_params(self) -> dict[str, str]:
+        """The allowed connection parameters, from the DSN or the discrete keys."""
+        if self.dsn is not None:
+            params = parse_dsn(self.dsn.get_secret_value())
+        else:
+            params = {
+                "host": self.host or "",
+                "port": str(self.port),
+                "dbname": self.database or "",
+                "user": self.user or "",
+            }
+            if self.password is not None:
+                params["password"] = self.password.get_secret_value()
+        if self.sslmode:
+            params["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            params["sslrootcert"] = self.sslrootcert
+        if params.get("sslmode") and params["sslmode"] not in _SSLMODES:
+            raise _config_error("sslmode", "is not a libpq sslmode")
+        for needed in ("host", "dbname", "user"):
+            if not params.get(needed):
+                raise _config_error("dsn", f"does not name a {needed}")
+        return params
+
+
+class QueryColumn(BaseModel):
+    """A result column: its name and PostgreSQL type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: str
+
+
+class QueryResult(BaseModel):
+    """Rows as JSON-safe values, capped at ``max_rows`` (``truncated`` says so)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    columns: list[QueryColumn]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    elapsed_ms: float
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return (
+            value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        )
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+_TABLE_KINDS = {
+    "r": ItemKind.TABLE,
+    "p": ItemKind.TABLE,
+    "f": ItemKind.TABLE,
+    "v": ItemKind.VIEW,
+    "m": ItemKind.VIEW,
+}
+
+
+class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
+    """Read-only queries, table listings and CSV exports of one PostgreSQL database."""
+
+    type: ClassVar[str] = DataSourceType.POSTGRESQL
+    config_model = PostgreSQLConfig
+    secret_fields = frozenset({"password", "dsn"})
+    target_fields = frozenset({"host", "port", "database", "user"})
+    parser_check: bool = True
+    """Layer 1. Tests switch it off to prove the server layers hold alone."""
+
+    def __init__(self, config: PostgreSQLConfig | dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._pool: Any = None
+
+    @classmethod
+    async def check_config(cls, config: ConnectorConfig) -> None:
+        assert isinstance(config, PostgreSQLConfig)
+        config.connection_params()  # refuses disallowed DSN parameters, naming them
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        import asyncpg
+
+        params = self.config.connection_params()
+        kwargs: dict[str, Any] = {
+            "host": params["host"],
+            "port": int(params.get("port", "5432")),
+            "user": params["user"],
+            "database": params["dbname"],
+            "password": params.get("password"),
+            "timeout": float(params.get("connect_timeout", self.config.connect_timeout)),
+            "server_settings": {
+                "default_transaction_read_only": "on",
+                "application_name": params.get("application_name", self.config.application_name),
+            },
+            "min_size": self.config.pool_min_size,
+            "max_size": self.config.pool_max_size,
+        }
+        if params.get("sslmode"):
+            kwargs["ssl"] = self._ssl(params["sslmode"], params.get("sslrootcert"))
+        if self.config.pgbouncer:
+            kwargs["statement_cache_size"] = 0
+        with self._errors("connecting"):
+            self._pool = await asyncpg.create_pool(**kwargs)
+        self._connected = True
+
+    @staticmethod
+    def _ssl(mode: str, rootcert: str | None) -> Any:
+        if mode in ("verify-ca", "verify-full"):
+            import ssl
+
+            context = ssl.create_default_context(cafile=rootcert)
+            context.check_hostname = mode == "verify-full"
+            return context
+        return mode
+
+    async def disconnect(self) -> None:
+        self._connected = False
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (builtins.TimeoutError, OSError):
+                pool.terminate()
+
+    async def ping(self) -> bool:
+        if not self._connected or self._pool is None:
+            return False
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    # -- errors ----------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Translate asyncpg and network errors to the error tree (the one table)."""
+        import asyncpg
+
+        try:
+            yield
+        except DataSourceError:
+            raise
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+            raise AuthenticationError(
+                f"PostgreSQL rejected the credentials of source {self.source_id!r}."
+            ) from None
+        except asyncpg.InvalidCatalogNameError:
+            raise NotFoundError(
+                f"The database of source {self.source_id!r} does not exist."
+            ) from None
+        except asyncpg.QueryCanceledError:
+            raise TimeoutError(
+                f"The {what} ran past the statement timeout and was cancelled."
+            ) from None
+        except (asyncpg.ReadOnlySQLTransactionError, asyncpg.ActiveSQLTransactionError) as exc:
+            raise ReadOnlyViolation(
+                f"The server refused it: {exc.args[0] if exc.args else exc}"
+            ) from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise PermissionDeniedError(f"PostgreSQL refused the {what}: {exc}") from None
+        except asyncpg.UndefinedTableError as exc:
+            raise NotFoundError(str(exc)) from None
+        except (
+            asyncpg.PostgresSyntaxError,
+            asyncpg.DataError,
+            asyncpg.UndefinedColumnError,
+            asyncpg.UndefinedFunctionError,
+            asyncpg.WrongObjectTypeError,
+        ) as exc:
+            raise InvalidInputError(f"PostgreSQL refused the {what}: {exc}") from None
+        except asyncpg.PostgresError as exc:
+            logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
+            raise InvalidInputError(f"PostgreSQL refused the {what}: {exc}") from None
+        except (asyncpg.InterfaceError, OSError, builtins.TimeoutError) as exc:
+            logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
+            raise UnavailableError(
+                f"PostgreSQL cannot be reached for source {self.source_id!r}."
+            ) from None
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise UnavailableError(f"Source {self.source_id!r} is not connected.")
+        return self._pool
+
+    # -- queries ---------------------------------------------------------------------
+
+    async def execute_query(
+        self,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        max_rows: int | None = None,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """Run one read-only statement through every layer; at most ``max_rows`` rows."""
+        if self.parser_check:
+            check_read_only(sql)
+        limit = max_rows or self.config.max_rows
+        if not 1 <= limit <= 10_000_000:
+            raise InvalidInputError("max_rows must be between 1 and 10,000,000.")
+        seconds = min(timeout or self.config.statement_timeout, self.config.statement_timeout)
+        start = time.perf_counter()
+        rows: list[list[Any]] = []
+        truncated = False
+        columns: list[QueryColumn] = []
+        with self._errors("query"):
+            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+                transaction = conn.transaction(readonly=True)
+                await transaction.start()
+                try:
+                    await self._limit_transaction(conn, seconds)
+                    statement = await conn.prepare(sql)
+                    columns = [
+                        QueryColumn(name=a.name, type=a.type.name)
+                        for a in statement.get_attributes()
+                    ]
+                    cursor = statement.cursor(*(params or ()), prefetch=min(limit + 1, 1000))
+                    async for record in cursor:
+                        if len(rows) == limit:
+                            truncated = True
+                            break
+                        rows.append([_jsonable(v) for v in record])
+                finally:
+                    await self._end(conn, transaction)
+        return QueryResult(
+            columns=columns,
+            rows=rows,
+            row_count=len(rows),
+            truncated=truncated,
+            elapsed_ms=(time.perf_counter() - start) * 1000,
+        )
+
+    @staticmethod
+    async def _limit_transaction(conn: Any, seconds: float) -> None:
+        ms = max(int(seconds * 1000), 1)
+        # Our own constant text: the user's SQL only ever goes through prepare().
+        await conn.execute(
+            f"SET LOCAL statement_timeout = {ms}; "
+            f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
+        )
+
+    @staticmethod
+    async def _end(conn: Any, transaction: Any) -> None:
+        """Always roll back; a statement that ended the transaction itself leaves none."""
+        try:
+            await transaction.rollback()
+        except Exception:
+            # The statement committed or aborted the transaction on its own (e.g. COMMIT),
+            # or the connection broke: make sure nothing stays open on it.
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                await conn.close(timeout=2)
+
+    # -- status ----------------------------------------------------------------------
+
+    async def test_connection(self) -> ConnectionStatus:
+        start = time.perf_counter()
+        try:
+            if not self._connected:
+                await self.connect()
+            with self._errors("connection test"):
+                async with self._require_pool().acquire(
+                    timeout=self.config.connect_timeout
+                ) as conn:
+                    version = await conn.fetchval("SHOW server_version")
+                    role = await conn.fetchrow(_ROLE_SQL)
+                    writable = await conn.fetch(_WRITABLE_SQL)
+        except (AuthenticationError, NotFoundError, UnavailableError, TimeoutError) as exc:
+            return ConnectionStatus(
+                ok=False,
+                latency_ms=(time.perf_counter() - start) * 1000,
+                message=exc.message,
+                details={"error": exc.code},
+            )
+        warnings: list[str] = []
+        if role["rolsuper"]:
+            warnings.append("This role is a superuser: it can write; use a read-only role.")
+        for name in ("pg_write_server_files", "pg_execute_server_program", "pg_read_server_files"):
+            if role[name]:
+                warnings.append(f"This role is a member of {name}; use a read-only role.")
+        if writable:
+            names = ", ".join(
+                f"{r['privilege']} on {r['schema']}.{r['table']}" for r in writable[:10]
+            )
+            more = f" and {len(writable) - 10} more" if len(writable) > 10 else ""
+            warnings.append(f"This role can write ({names}{more}); use a read-only role.")
+        return ConnectionStatus(
+            ok=True,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            message=f"Connected to PostgreSQL {version} as {role['rolname']}.",
+            warnings=warnings,
+            details={"server_version": version, "role": role["rolname"]},
+        )
+
+    # -- listing ---------------------------------------------------------------------
+
+    def _schema_allowed(self, schema: str) -> bool:
+        return self.config.schemas is None or schema in self.config.schemas
+
+    async def iter_items(
+        self,
+        prefix: str | None = None,
+        *,
+        delimiter: str | None = None,
+        glob: str | None = None,
+        start_after: str | None = None,
+    ) -> AsyncIterator[DataItem]:
+        query = listing_query(prefix, None, glob)
+        if query.empty:
+            return
+        with self._errors("listing"):
+            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+                records = await conn.fetch(_TABLES_SQL, query.prefix)
+        for record in records:
+            if not self._schema_allowed(record["schema"]):
+                continue
+            path = f"{record['schema']}.{record['name']}"
+            if start_after is not None and path <= start_after:
+                continue
+            item = DataItem.trusted(
+                path=path,
+                name=record["name"],
+                kind=_TABLE_KINDS.get(record["kind"], ItemKind.TABLE),
+                size=record["bytes"],
+                metadata={
+                    "estimated_rows": max(int(record["estimated_rows"]), 0),
+                    "comment": record["comment"],
+                    "relkind": record["kind"],
+                },
+            )
+            if query.matcher is None or query.matcher.match(path):
+                yield item
+
+    def _split_table(self, path: str) -> tuple[str, str]:
+        if not isinstance(path, str) or path.count(".") != 1 or "\x00" in path:
+            raise InvalidInputError("A table is named 'schema.table'.")
+        schema, table = path.split(".")
+        if not schema or not table:
+            raise InvalidInputError("A table is named 'schema.table'.")
+        if not self._schema_allowed(schema):
+            raise NotFoundError(f"{path!r} does not exist in source {self.source_id!r}.")
+        return schema, table
+
+    async def get_metadata(self, path: str) -> DataItem:
+        schema, table = self._split_table(path)
+        with self._errors("metadata lookup"):
+            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+                record = await conn.fetchrow(_TABLE_SQL, schema, table)
+                if record is None:
+                    raise NotFoundError(f"{path!r} does not exist in source {self.source_id!r}.")
+                columns = await conn.fetch(_COLUMNS_SQL, record["oid"])
+        return DataItem(
+            path=path,
+            name=table,
+            kind=_TABLE_KINDS.get(record["kind"], ItemKind.TABLE),
+            size=record["bytes"],
+            metadata={
+                "estimated_rows": max(int(record["estimated_rows"]), 0),
+                "comment": record["comment"],
+                "columns": [
+                    {
+                        "name": c["name"],
+                        "type": c["type"],
+                        "nullable": c["nullable"],
+                        "default": c["default"],
+                        "comment": c["comment"],
+                        "ordinal": c["ordinal"],
+                    }
+                    for c in columns
+                ],
+            },
+        )
+
+    # -- transfer --------------------------------------------------------------------
+
+    async def fetch_data(
+        self,
+        path: str,
+        workspace_dir: Path | str | Workspace,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Export a whole table or view as CSV (``schema/table.csv``), streamed with COPY."""
+        schema, table = self._split_table(path)
+        workspace = (
+            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
+        )
+        target = f"{schema}/{table}.csv"
+        workspace.path_for(target)
+        await self.get_metadata(path)  # exists, visible and allowed, or a clear error
+        limit = self.config.max_download_bytes
+        done = 0
+        with self._errors("export"):
+            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+                transaction = conn.transaction(readonly=True, isolation="repeatable_read")
+                await transaction.start()
+                try:
+                    await self._limit_transaction(conn, self.config.statement_timeout)
+                    async with workspace.writer(
+                        target,
+                        max_bytes=limit,
+                        provenance={
+                            "source_id": self.source_id,
+                            "source_type": str(self.type),
+                            "remote_path": path,
+                            "query": f"COPY {schema}.{table} TO STDOUT (FORMAT csv, HEADER)",
+                        },
+                    ) as writer:
+
+                        async def sink(chunk: bytes) -> None:
+                            nonlocal done
+                            await writer.write(chunk)
+                            done += len(chunk)
+                            if progress is not None:
+                                progress(done, None)
+
+                        await conn.copy_from_table(
+                            table, schema_name=schema, output=sink, format="csv", header=True
+                        )
+                finally:
+                    await self._end(conn, transaction)
+        return writer.path
+
+    async def upload_data(
+        self, local_path: Path | str, remote_path: str, *, overwrite: bool = False
+    ) -> DataItem:
+        raise PermissionDeniedError(
+            f"Source {self.source_id!r} is a PostgreSQL database: every PostgreSQL source is "
+            "read-only, so uploads are refused."
+        )
+
+
+_ROLE_SQL = """
+SELECT r.rolname, r.rolsuper,
+       pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') AS pg_write_server_files,
+       pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')
+           AS pg_execute_server_program,
+       pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') AS pg_read_server_files
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+_WRITABLE_SQL = """
+SELECT n.nspname AS schema, c.relname AS table, p.privilege
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN (VALUES ('INSERT'), ('UPDATE'), ('DELETE'), ('TRUNCATE')) AS p(privilege)
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+  AND has_table_privilege(c.oid, p.privilege)
+ORDER BY 1, 2, 3
+LIMIT 200
+"""
+
+_TABLES_SQL = """
+SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
+       c.reltuples::bigint AS estimated_rows,
+       pg_total_relation_size(c.oid) AS bytes,
+       obj_description(c.oid, 'pg_class') AS comment
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+  AND starts_with(n.nspname || '.' || c.relname, $1)
+  AND has_table_privilege(c.oid, 'SELECT')
+ORDER BY (n.nspname || '.' || c.relname) COLLATE "C"
+"""
+
+_TABLE_SQL = """
+SELECT c.oid, c.relkind::text AS kind, c.reltuples::bigint AS estimated_rows,
+       pg_total_relation_size(c.oid) AS bytes, obj_description(c.oid, 'pg_class') AS comment
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND has_table_privilege(c.oid, 'SELECT')
+"""
+
+_COLUMNS_SQL = """
+SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+       NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
+       col_description(a.attrelid, a.attnum) AS comment, a.attnum AS ordinal
+FROM pg_attribute a
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""

@@ -1,0 +1,336 @@
+"""The PostgreSQL connector against a real server: read-only in depth, layer by layer."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from datasources.connectors.postgresql import PostgreSQLConnector
+from datasources.errors import (
+    ConfigurationError,
+    DataSourceError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    TimeoutError,
+)
+from datasources.sql_guard import ReadOnlyViolation
+from datasources.testing.readonly_corpus import ALLOWED, BYPASS_CORPUS
+
+pytestmark = pytest.mark.integration
+
+SLOW = "SELECT count(*) FROM generate_series(1, 100000000000)"  # minutes of work, no sleep()
+
+SETUP = """
+CREATE TABLE canary (id int PRIMARY KEY, v text NOT NULL);
+COMMENT ON TABLE canary IS 'must never change';
+COMMENT ON COLUMN canary.v IS 'a value';
+INSERT INTO canary SELECT g, 'a' || g FROM generate_series(1, 50) g;
+CREATE SEQUENCE canary_seq;
+CREATE VIEW canary_view AS SELECT id FROM canary WHERE id < 10;
+CREATE TABLE types (n numeric(12, 3), ts timestamptz, j jsonb, u uuid, b bytea, arr int[]);
+INSERT INTO types VALUES (1234.5, '2026-01-02 03:04:05+00', '{"k": [1, 2]}',
+  'a8098c1a-f86e-11da-bd1a-00112444be1e', '\\x00ff', '{1,2,3}');
+"""
+
+
+class Database:
+    """A fresh database with a writer (owner) role and a reader (SELECT only) role."""
+
+    def __init__(self, admin_dsn: str, url: str, name: str) -> None:
+        self.admin_dsn, self.url, self.name = admin_dsn, url, name
+        suffix = secrets.token_hex(4)
+        self.writer, self.reader = f"ds_w_{suffix}", f"ds_r_{suffix}"
+        self.password = "pw-" + secrets.token_hex(8)
+        base = admin_dsn.split("://", 1)[1].split("@", 1)[-1].rsplit("/", 1)[0]
+        self.host, _, port = base.partition(":")
+        self.port = int(port or 5432)
+
+    def config(self, role: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "database": self.name,
+            "user": role,
+            "password": self.password,
+            "statement_timeout": 2,
+            **extra,
+        }
+
+    async def snapshot(self) -> tuple[Any, ...]:
+        conn = await asyncpg.connect(self.url)
+        try:
+            rows = await conn.fetch("SELECT id, v FROM canary ORDER BY id")
+            tables = await conn.fetch(
+                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' ORDER BY 1"
+            )
+            seq = await conn.fetchval("SELECT last_value FROM canary_seq")
+            columns = await conn.fetchval(
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'canary'::regclass"
+            )
+        finally:
+            await conn.close()
+        return tuple(map(tuple, rows)), tuple(r[0] for r in tables), seq, columns
+
+
+@pytest.fixture
+async def database(postgres_admin_dsn: str, postgres_database: str) -> AsyncIterator[Database]:
+    name = postgres_database.rsplit("/", 1)[1]
+    db = Database(postgres_admin_dsn, postgres_database, name)
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        for role in (db.writer, db.reader):
+            await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{db.password}'")
+        await admin.execute(f'GRANT ALL ON DATABASE "{name}" TO {db.writer}')
+    finally:
+        await admin.close()
+    owner = await asyncpg.connect(postgres_database)
+    try:
+        await owner.execute(f"GRANT ALL ON SCHEMA public TO {db.writer}")
+        await owner.execute(f"SET ROLE {db.writer}")
+        await owner.execute(SETUP)
+        await owner.execute(f"GRANT USAGE ON SCHEMA public TO {db.reader}")
+        await owner.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {db.reader}")
+    finally:
+        await owner.close()
+    try:
+        yield db
+    finally:
+        admin = await asyncpg.connect(postgres_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for role in (db.writer, db.reader):
+                await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+def connector_for(database: Database) -> Callable[..., PostgreSQLConnector]:
+    def make(role: str = "reader", *, parser: bool = True, **extra: Any) -> PostgreSQLConnector:
+        name = database.reader if role == "reader" else database.writer
+        connector = PostgreSQLConnector(database.config(name, **extra), source_id="pg")
+        connector.parser_check = parser
+        return connector
+
+    return make
+
+
+@pytest.mark.parametrize("sql", ALLOWED)
+async def test_reads_work(connector_for: Callable[..., PostgreSQLConnector], sql: str) -> None:
+    async with connector_for() as connector:
+        result = await connector.execute_query(sql, [41] if "$1" in sql else None)
+    assert result.columns and result.row_count >= 1
+
+
+async def test_corpus_with_every_layer(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    before = await database.snapshot()
+    async with connector_for("writer") as connector:
+        for sql in BYPASS_CORPUS:
+            with pytest.raises(ReadOnlyViolation):
+                await connector.execute_query(sql)
+    assert await database.snapshot() == before
+
+
+async def test_corpus_with_the_parser_switched_off(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    """A role that owns the table and the parser off: the server layers alone stop every write."""
+    before = await database.snapshot()
+    outcomes: dict[str, str] = {}
+    async with connector_for("writer", parser=False, statement_timeout=1) as connector:
+        for sql in BYPASS_CORPUS:
+            try:
+                await connector.execute_query(sql)
+                outcomes[sql] = "ran"
+            except DataSourceError as exc:
+                outcomes[sql] = exc.code
+            assert await database.snapshot() == before, f"changed by: {sql}"
+        # The pool is still healthy after all of that.
+        result = await connector.execute_query("SELECT count(*) FROM canary")
+        assert result.rows == [[50]]
+    refused = [sql for sql, outcome in outcomes.items() if outcome != "ran"]
+    assert len(refused) >= 40, outcomes
+    for sql in (
+        "DELETE FROM canary",
+        "SELECT 1; DELETE FROM canary",
+        "SELECT nextval('canary_seq')",
+    ):
+        assert outcomes[sql] != "ran"
+
+
+async def test_extended_protocol_refuses_stacked_statements(
+    connector_for: Callable[..., PostgreSQLConnector],
+) -> None:
+    async with connector_for("writer", parser=False) as connector:
+        with pytest.raises(InvalidInputError) as info:
+            await connector.execute_query("SELECT 1; SELECT 2")
+    assert "multiple commands" in info.value.message
+
+
+async def test_timeout_cancels_on_the_server_and_the_pool_recovers(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    async with connector_for(statement_timeout=0.5, pool_max_size=1) as connector:
+        with pytest.raises(TimeoutError):
+            await connector.execute_query(SLOW, max_rows=1)
+        assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+
+
+async def test_cancelling_the_caller_cancels_the_server_query(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    async with connector_for(statement_timeout=60) as connector:
+        task = asyncio.create_task(connector.execute_query(SLOW))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        admin = await asyncpg.connect(database.admin_dsn)
+        try:
+            for _ in range(50):
+                active = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' "
+                    "AND query = $2",
+                    database.name,
+                    SLOW,
+                )
+                if active == 0:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+        assert active == 0
+        assert (await connector.execute_query("SELECT 2")).rows == [[2]]
+
+
+async def test_results_are_capped_and_json_safe(
+    connector_for: Callable[..., PostgreSQLConnector],
+) -> None:
+    import json
+
+    async with connector_for() as connector:
+        big = await connector.execute_query(
+            "SELECT g FROM generate_series(1, 1000000) g", max_rows=10
+        )
+        assert big.truncated and big.row_count == 10 and big.rows[-1] == [10]
+        typed = await connector.execute_query("SELECT * FROM types")
+    assert [c.type for c in typed.columns] == [
+        "numeric",
+        "timestamptz",
+        "jsonb",
+        "uuid",
+        "bytea",
+        "int4[]",
+    ]
+    row = typed.rows[0]
+    assert row[0] == "1234.500" and row[1].startswith("2026-01-02T03:04:05")
+    assert (
+        row[3] == "a8098c1a-f86e-11da-bd1a-00112444be1e"
+        and row[4] == "AP8="
+        and row[5] == [1, 2, 3]
+    )
+    json.dumps(typed.model_dump())
+
+
+async def test_role_inspection(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    async with connector_for("writer") as writer:
+        status = await writer.test_connection()
+    assert status.ok and any("INSERT on public.canary" in w for w in status.warnings), (
+        status.warnings
+    )
+    async with connector_for("reader") as reader:
+        status = await reader.test_connection()
+    assert status.ok and status.warnings == []
+    admin = PostgreSQLConnector({"dsn": database.admin_dsn.rsplit("/", 1)[0] + f"/{database.name}"})
+    async with admin:
+        status = await admin.test_connection()
+    assert any("superuser" in w for w in status.warnings)
+
+
+async def test_missing_database_and_unreachable_server(database: Database) -> None:
+    # The test servers use trust authentication, so a wrong password cannot be shown here.
+    missing = PostgreSQLConnector({**database.config(database.reader), "database": "no_such_db_x"})
+    assert not (await missing.test_connection()).ok
+    down = PostgreSQLConnector(
+        {**database.config(database.reader), "port": 1, "connect_timeout": 2}
+    )
+    status = await down.test_connection()
+    assert not status.ok and "cannot be reached" in status.message
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:p@h/db?passfile=/etc/passwd",
+        "postgresql://u@h/db?service=evil",
+        "postgresql://u@h/db?options=-c%20default_transaction_read_only%3Doff",
+        "host=h dbname=d user=u sslkeylogfile=/tmp/keys",
+        "host=h dbname=d user=u sslkey=/root/.ssh/id_rsa",
+        "host=h dbname=d user=u target_session_attrs=any",
+    ],
+)
+async def test_hostile_dsn_parameters_are_refused(dsn: str) -> None:
+    config = PostgreSQLConnector.validate_config({"dsn": dsn})
+    with pytest.raises(ConfigurationError) as info:
+        await PostgreSQLConnector.check_config(config)
+    assert "not allowed" in info.value.message
+    assert ":p@" not in info.value.message
+
+
+def test_config_shapes() -> None:
+    with pytest.raises(ConfigurationError):
+        PostgreSQLConnector.validate_config({"dsn": "postgresql://u@h/d", "host": "h"})
+    with pytest.raises(ConfigurationError):
+        PostgreSQLConnector.validate_config({"host": "h"})
+    config = PostgreSQLConnector.validate_config(
+        {"dsn": "host=h port=5433 dbname='my db' user=u password='p w'"}
+    )
+    params = config.connection_params()
+    assert params["dbname"] == "my db" and params["password"] == "p w" and params["port"] == "5433"
+    assert "p w" not in repr(config)
+
+
+async def test_listing_metadata_and_export(
+    connector_for: Callable[..., PostgreSQLConnector], tmp_path: Path
+) -> None:
+    async with connector_for() as connector:
+        items = {i.path: i for i in await connector.list_items()}
+        assert {"public.canary", "public.canary_view", "public.types"} <= set(items)
+        assert items["public.canary_view"].kind == "view"
+        assert items["public.canary"].metadata["comment"] == "must never change"
+        assert [i.path for i in await connector.list_items("public.canary")] == [
+            "public.canary",
+            "public.canary_view",
+        ]
+        meta = await connector.get_metadata("public.canary")
+        columns = meta.metadata["columns"]
+        assert [(c["name"], c["type"], c["nullable"]) for c in columns] == [
+            ("id", "integer", False),
+            ("v", "text", False),
+        ]
+        assert columns[1]["comment"] == "a value"
+        local = await connector.fetch_data("public.canary", tmp_path / "ws")
+        lines = local.read_text().splitlines()
+        assert lines[0] == "id,v" and lines[1] == "1,a1" and len(lines) == 51
+        assert local == (tmp_path / "ws" / "public" / "canary.csv").resolve()
+        for bad in ("canary", "a.b.c", "../x", "public.no_such_table", "pg_catalog.pg_authid"):
+            with pytest.raises((InvalidInputError, NotFoundError)):
+                await connector.fetch_data(bad, tmp_path / "ws")
+        with pytest.raises(PermissionDeniedError):
+            await connector.upload_data(local, "public.canary")
+    async with connector_for(schemas=["other"]) as limited:
+        assert await limited.list_items() == []
+        with pytest.raises(NotFoundError):
+            await limited.get_metadata("public.canary")
