@@ -334,3 +334,71 @@ async def test_listing_metadata_and_export(
         assert await limited.list_items() == []
         with pytest.raises(NotFoundError):
             await limited.get_metadata("public.canary")
+
+
+async def test_schema_inspection(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    owner = await asyncpg.connect(database.url)
+    try:
+        await owner.execute(f"SET ROLE {database.writer}")
+        await owner.execute(
+            """
+            CREATE TABLE customers (id int PRIMARY KEY, email text UNIQUE, name text);
+            CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers (id),
+                                 total numeric(10, 2) DEFAULT 0);
+            CREATE INDEX orders_customer ON orders (customer_id);
+            COMMENT ON COLUMN orders.total IS 'in EUR';
+            CREATE MATERIALIZED VIEW order_totals AS
+                SELECT customer_id, sum(total) FROM orders GROUP BY 1;
+            """
+        )
+        await owner.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {database.reader}")
+    finally:
+        await owner.close()
+    async with connector_for() as connector:
+        schema = await connector.get_schema()
+        assert schema.schemas == ["public"]
+        tables = {t.name: t for t in schema.tables}
+        assert tables["order_totals"].kind == "materialized_view"
+        assert tables["canary_view"].kind == "view"
+        orders = tables["orders"]
+        assert [(c.name, c.type) for c in orders.columns] == [
+            ("id", "integer"),
+            ("customer_id", "integer"),
+            ("total", "numeric(10,2)"),
+        ]
+        assert orders.columns[2].comment == "in EUR" and orders.columns[2].default == "0"
+        kinds = {(c.kind, tuple(c.columns), c.references) for c in orders.constraints}
+        assert ("primary_key", ("id",), None) in kinds
+        assert ("foreign_key", ("customer_id",), "customers") in kinds
+        assert {"orders_customer", "orders_pkey"} <= {i.name for i in orders.indexes}
+        assert ("unique", ("email",), None) in {
+            (c.kind, tuple(c.columns), c.references) for c in tables["customers"].constraints
+        }
+        assert await connector.get_schema() is schema  # cached
+        assert await connector.get_schema(refresh=True) is not schema
+        with pytest.raises(NotFoundError):
+            await PostgreSQLConnector(
+                {**database.config(database.reader), "schemas": ["other"]}
+            ).get_schema(["public"])
+
+
+async def test_schema_inspection_at_scale(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    owner = await asyncpg.connect(database.url)
+    try:
+        await owner.execute(f"SET ROLE {database.writer}")
+        for batch in range(10):  # one transaction cannot hold 5,000 tables' locks
+            await owner.execute(
+                f"DO $$ BEGIN FOR i IN {batch * 500 + 1}..{batch * 500 + 500} LOOP "
+                "EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text, n numeric)', i); "
+                "END LOOP; END $$"
+            )
+    finally:
+        await owner.close()
+    async with connector_for("writer", statement_timeout=120) as connector:
+        schema = await connector.get_schema()
+    assert len(schema.tables) >= 5000
+    print(f"\n5,000-table schema inspected in {schema.elapsed_ms:.0f} ms")

@@ -203,6 +203,67 @@ class QueryResult(BaseModel):
     elapsed_ms: float
 
 
+class ColumnInfo(BaseModel):
+    """One column of a table or view."""
+
+    name: str
+    type: str
+    nullable: bool
+    default: str | None = None
+    comment: str | None = None
+    ordinal: int
+
+
+class ConstraintInfo(BaseModel):
+    """A primary key, unique constraint or foreign key."""
+
+    name: str
+    kind: Literal["primary_key", "unique", "foreign_key"]
+    columns: list[str]
+    references: str | None = None
+    referenced_columns: list[str] = Field(default_factory=list)
+
+
+class IndexInfo(BaseModel):
+    """An index, with its definition."""
+
+    name: str
+    unique: bool
+    definition: str
+
+
+class TableInfo(BaseModel):
+    """A table, view, materialized view or foreign table."""
+
+    schema_name: str
+    name: str
+    kind: Literal["table", "view", "materialized_view", "foreign_table", "partitioned_table"]
+    estimated_rows: int
+    bytes: int
+    comment: str | None = None
+    columns: list[ColumnInfo] = Field(default_factory=list)
+    constraints: list[ConstraintInfo] = Field(default_factory=list)
+    indexes: list[IndexInfo] = Field(default_factory=list)
+
+
+class SchemaInfo(BaseModel):
+    """What a database holds, from a handful of catalog queries (never one per table)."""
+
+    schemas: list[str]
+    tables: list[TableInfo]
+    inspected_at: float
+    elapsed_ms: float
+
+
+_RELKIND_NAMES = {
+    "r": "table",
+    "p": "partitioned_table",
+    "v": "view",
+    "m": "materialized_view",
+    "f": "foreign_table",
+}
+
+
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -248,9 +309,13 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     parser_check: bool = True
     """Layer 1. Tests switch it off to prove the server layers hold alone."""
 
+    schema_ttl: ClassVar[float] = 300.0
+    """Seconds a schema inspection is reused before ``get_schema`` runs it again."""
+
     def __init__(self, config: PostgreSQLConfig | dict[str, Any], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self._pool: Any = None
+        self._schema_cache: dict[tuple[str, ...] | None, SchemaInfo] = {}
 
     @classmethod
     async def check_config(cls, config: ConnectorConfig) -> None:
@@ -480,6 +545,92 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             details={"server_version": version, "role": role["rolname"]},
         )
 
+    # -- schema ----------------------------------------------------------------------
+
+    async def get_schema(
+        self, schemas: Sequence[str] | None = None, *, refresh: bool = False
+    ) -> SchemaInfo:
+        """Tables, views, columns, keys and indexes: five catalog queries, cached.
+
+        A database with thousands of tables is inspected in a few round trips; the result
+        is reused for ``schema_ttl`` seconds unless ``refresh``.
+        """
+        wanted = sorted(schemas) if schemas is not None else None
+        if wanted is not None:
+            for name in wanted:
+                if not self._schema_allowed(name):
+                    raise NotFoundError(
+                        f"Schema {name!r} is not available in source {self.source_id!r}."
+                    )
+        key = tuple(wanted) if wanted is not None else None
+        cached = self._schema_cache.get(key)
+        if (
+            cached is not None
+            and not refresh
+            and time.time() - cached.inspected_at < self.schema_ttl
+        ):
+            return cached
+        allowed = wanted if wanted is not None else self.config.schemas
+        start = time.perf_counter()
+        with self._errors("schema inspection"):
+            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+                transaction = conn.transaction(readonly=True, isolation="repeatable_read")
+                await transaction.start()
+                try:
+                    await self._limit_transaction(conn, self.config.statement_timeout)
+                    relations = await conn.fetch(_SCHEMA_RELATIONS_SQL, allowed)
+                    oids = [r["oid"] for r in relations]
+                    columns = await conn.fetch(_SCHEMA_COLUMNS_SQL, oids)
+                    constraints = await conn.fetch(_SCHEMA_CONSTRAINTS_SQL, oids)
+                    indexes = await conn.fetch(_SCHEMA_INDEXES_SQL, oids)
+                    names = await conn.fetch(_SCHEMA_NAMES_SQL, allowed)
+                finally:
+                    await self._end(conn, transaction)
+        tables: dict[int, TableInfo] = {}
+        for r in relations:
+            tables[r["oid"]] = TableInfo(
+                schema_name=r["schema"],
+                name=r["name"],
+                kind=_RELKIND_NAMES[r["kind"]],
+                estimated_rows=max(int(r["estimated_rows"]), 0),
+                bytes=r["bytes"],
+                comment=r["comment"],
+            )
+        for c in columns:
+            tables[c["oid"]].columns.append(
+                ColumnInfo(
+                    name=c["name"],
+                    type=c["type"],
+                    nullable=c["nullable"],
+                    default=c["default"],
+                    comment=c["comment"],
+                    ordinal=c["ordinal"],
+                )
+            )
+        kinds = {"p": "primary_key", "u": "unique", "f": "foreign_key"}
+        for c in constraints:
+            tables[c["oid"]].constraints.append(
+                ConstraintInfo(
+                    name=c["name"],
+                    kind=kinds[c["kind"]],
+                    columns=list(c["columns"]),
+                    references=c["references"],
+                    referenced_columns=list(c["ref_columns"] or []),
+                )
+            )
+        for i in indexes:
+            tables[i["oid"]].indexes.append(
+                IndexInfo(name=i["name"], unique=i["unique"], definition=i["definition"])
+            )
+        info = SchemaInfo(
+            schemas=[n["name"] for n in names if self._schema_allowed(n["name"])],
+            tables=[t for t in tables.values() if self._schema_allowed(t.schema_name)],
+            inspected_at=time.time(),
+            elapsed_ms=(time.perf_counter() - start) * 1000,
+        )
+        self._schema_cache[key] = info
+        return info
+
     # -- listing ---------------------------------------------------------------------
 
     def _schema_allowed(self, schema: str) -> bool:
@@ -618,6 +769,63 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         )
 
 
+# Sizes come from pg_class.relpages (as of the last VACUUM/ANALYZE): pg_total_relation_size()
+# would lock every relation, and 10,000 locks overflow the lock table of one transaction.
+_SCHEMA_FILTER = """
+  n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+  AND ($1::text[] IS NULL OR n.nspname = ANY($1::text[]))
+"""
+
+_SCHEMA_NAMES_SQL = f"""
+SELECT n.nspname AS name FROM pg_namespace n
+WHERE {_SCHEMA_FILTER} AND has_schema_privilege(n.oid, 'USAGE')
+ORDER BY 1
+"""
+
+_SCHEMA_RELATIONS_SQL = f"""
+SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
+       c.reltuples::bigint AS estimated_rows,
+       (c.relpages::bigint * current_setting('block_size')::bigint) AS bytes,
+       obj_description(c.oid, 'pg_class') AS comment
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {_SCHEMA_FILTER}
+  AND has_table_privilege(c.oid, 'SELECT')
+ORDER BY n.nspname, c.relname
+"""
+
+_SCHEMA_COLUMNS_SQL = """
+SELECT a.attrelid AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+       NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
+       col_description(a.attrelid, a.attnum) AS comment, a.attnum AS ordinal
+FROM pg_attribute a
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+
+_SCHEMA_CONSTRAINTS_SQL = """
+SELECT con.conrelid AS oid, con.conname AS name, con.contype::text AS kind,
+       ARRAY(SELECT att.attname FROM unnest(con.conkey) WITH ORDINALITY k(num, ord)
+             JOIN pg_attribute att ON att.attrelid = con.conrelid AND att.attnum = k.num
+             ORDER BY k.ord) AS columns,
+       CASE WHEN con.contype = 'f' THEN con.confrelid::regclass::text END AS references,
+       ARRAY(SELECT att.attname FROM unnest(con.confkey) WITH ORDINALITY k(num, ord)
+             JOIN pg_attribute att ON att.attrelid = con.confrelid AND att.attnum = k.num
+             ORDER BY k.ord) AS ref_columns
+FROM pg_constraint con
+WHERE con.conrelid = ANY($1::oid[]) AND con.contype IN ('p', 'u', 'f')
+ORDER BY con.conrelid, con.conname
+"""
+
+_SCHEMA_INDEXES_SQL = """
+SELECT i.indrelid AS oid, ic.relname AS name, i.indisunique AS unique,
+       pg_get_indexdef(i.indexrelid) AS definition
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = ANY($1::oid[])
+ORDER BY i.indrelid, ic.relname
+"""
+
 _ROLE_SQL = """
 SELECT r.rolname, r.rolsuper,
        pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') AS pg_write_server_files,
@@ -643,7 +851,7 @@ LIMIT 200
 _TABLES_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
        c.reltuples::bigint AS estimated_rows,
-       pg_total_relation_size(c.oid) AS bytes,
+       (c.relpages::bigint * current_setting('block_size')::bigint) AS bytes,
        obj_description(c.oid, 'pg_class') AS comment
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
