@@ -402,3 +402,27 @@ async def test_schema_inspection_at_scale(
         schema = await connector.get_schema()
     assert len(schema.tables) >= 5000
     print(f"\n5,000-table schema inspected in {schema.elapsed_ms:.0f} ms")
+
+
+async def test_dropped_connections_are_retried_once_and_the_pool_refills(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    async def drop_everyone() -> int:
+        admin = await asyncpg.connect(database.admin_dsn)
+        try:
+            return int(
+                await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database.name,
+                )
+            )
+        finally:
+            await admin.close()
+
+    async with connector_for(pool_min_size=2, pool_max_size=2) as connector:
+        assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+        assert await drop_everyone() >= 1  # what a server restart looks like from here
+        await asyncio.sleep(0.2)
+        assert (await connector.execute_query("SELECT count(*) FROM canary")).rows == [[50]]
+        assert await connector.ping()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from datasources.connectors.base import (
@@ -290,6 +291,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+# What a server restart or a dropped connection looks like to the client.
+_DROPPED_CONNECTION: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+
 _TABLE_KINDS = {
     "r": ItemKind.TABLE,
     "p": ItemKind.TABLE,
@@ -327,7 +337,6 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     async def connect(self) -> None:
         if self._connected:
             return
-        import asyncpg
 
         params = self.config.connection_params()
         kwargs: dict[str, Any] = {
@@ -386,8 +395,6 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         """Translate asyncpg and network errors to the error tree (the one table)."""
-        import asyncpg
-
         try:
             yield
         except DataSourceError:
@@ -452,28 +459,20 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             raise InvalidInputError("max_rows must be between 1 and 10,000,000.")
         seconds = min(timeout or self.config.statement_timeout, self.config.statement_timeout)
         start = time.perf_counter()
-        rows: list[list[Any]] = []
-        truncated = False
-        columns: list[QueryColumn] = []
         with self._errors("query"):
-            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                transaction = conn.transaction(readonly=True)
-                await transaction.start()
+            for attempt in (1, 2):
                 try:
-                    await self._limit_transaction(conn, seconds)
-                    statement = await conn.prepare(sql)
-                    columns = [
-                        QueryColumn(name=a.name, type=a.type.name)
-                        for a in statement.get_attributes()
-                    ]
-                    cursor = statement.cursor(*(params or ()), prefetch=min(limit + 1, 1000))
-                    async for record in cursor:
-                        if len(rows) == limit:
-                            truncated = True
-                            break
-                        rows.append([_jsonable(v) for v in record])
-                finally:
-                    await self._end(conn, transaction)
+                    columns, rows, truncated = await self._run(sql, params, limit, seconds)
+                    break
+                except _DROPPED_CONNECTION as exc:
+                    # The server restarted or dropped us before any row came back. Every
+                    # query here is a read-only statement, so running it once more is safe.
+                    if attempt == 2:
+                        raise
+                    logger.info(
+                        "PostgreSQL connection lost (%s); retrying once.", type(exc).__name__
+                    )
+                    self._require_pool().expire_connections()
         return QueryResult(
             columns=columns,
             rows=rows,
@@ -481,6 +480,30 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             truncated=truncated,
             elapsed_ms=(time.perf_counter() - start) * 1000,
         )
+
+    async def _run(
+        self, sql: str, params: Sequence[Any] | None, limit: int, seconds: float
+    ) -> tuple[list[QueryColumn], list[list[Any]], bool]:
+        rows: list[list[Any]] = []
+        truncated = False
+        async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+            transaction = conn.transaction(readonly=True)
+            await transaction.start()
+            try:
+                await self._limit_transaction(conn, seconds)
+                statement = await conn.prepare(sql)
+                columns = [
+                    QueryColumn(name=a.name, type=a.type.name) for a in statement.get_attributes()
+                ]
+                cursor = statement.cursor(*(params or ()), prefetch=min(limit + 1, 1000))
+                async for record in cursor:
+                    if len(rows) == limit:
+                        truncated = True
+                        break
+                    rows.append([_jsonable(v) for v in record])
+            finally:
+                await self._end(conn, transaction)
+        return columns, rows, truncated
 
     @staticmethod
     async def _limit_transaction(conn: Any, seconds: float) -> None:
