@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
-from bench import azure_blob, foundation
+from bench import azure_blob, foundation, postgres
 
 if __name__ == "__main__":
-    which = set(sys.argv[1:]) or {"foundation", "azure_blob"}
+    which = set(sys.argv[1:]) or {"foundation", "azure_blob", "postgres"}
     if "foundation" in which:
         foundation.main()
     if "azure_blob" in which:
         if "DATASOURCES_TEST_AZURITE_CONNECTION_STRING" not in os.environ:
             sys.exit("azure_blob needs Azurite: run it through 'make bench'")
         azure_blob.main()
+    if "postgres" in which:
+        if "DATASOURCES_TEST_POSTGRES_DSN" not in os.environ:
+            sys.exit("postgres needs PostgreSQL: run it through 'make bench'")
+        postgres.main()

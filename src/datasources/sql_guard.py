@@ -11,6 +11,7 @@ connection, the transaction and the role stop what a parser misses.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from datasources.errors import InvalidInputError
 
@@ -85,17 +86,39 @@ def _denied(name: str) -> bool:
 
 
 def check_read_only(sql: str) -> str:
-    """Accept one read-only statement and return it; raise :class:`ReadOnlyViolation`."""
+    """Accept one read-only statement and return it; raise :class:`ReadOnlyViolation`.
+
+    Verdicts are cached by statement text: an assistant re-runs the same parameterised
+    lookups, and parsing costs far more than the query itself.
+    """
+    if not isinstance(sql, str):
+        raise ReadOnlyViolation("The query must be text.")
+    problem = _verdict(sql)
+    if problem is not None:
+        raise ReadOnlyViolation(problem)
+    return sql
+
+
+@lru_cache(maxsize=2048)
+def _verdict(sql: str) -> str | None:
+    try:
+        _check(sql)
+    except ReadOnlyViolation as exc:
+        return exc.message
+    return None
+
+
+def _check(sql: str) -> None:
     import sqlglot
     from sqlglot import exp
     from sqlglot.errors import ParseError, TokenError
 
-    if not isinstance(sql, str) or not sql.strip():
+    if not sql.strip():
         raise ReadOnlyViolation("The query is empty.")
     if "\x00" in sql:
         raise ReadOnlyViolation("The query contains a NUL character.")
     if _SHOW_RE.match(sql):
-        return sql
+        return
     if _EXPLAIN_RE.match(sql):
         match = _EXPLAIN_OPTIONS_RE.match(sql)
         assert match is not None
@@ -104,8 +127,8 @@ def check_read_only(sql: str) -> str:
             r"\banaly[sz]e\s+(false|off|0)\b", options, re.IGNORECASE
         ):
             raise ReadOnlyViolation("EXPLAIN ANALYZE runs the statement; use EXPLAIN alone.")
-        check_read_only(sql[match.end() :])
-        return sql
+        _check(sql[match.end() :])
+        return
     try:
         statements = [s for s in sqlglot.parse(sql, read="postgres") if s is not None]
     except (ParseError, TokenError) as exc:
@@ -148,4 +171,3 @@ def check_read_only(sql: str) -> str:
             name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
             if name and _denied(name):
                 raise ReadOnlyViolation(f"The function {name.lower()}() is not allowed.")
-    return sql

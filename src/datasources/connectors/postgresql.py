@@ -487,10 +487,8 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         rows: list[list[Any]] = []
         truncated = False
         async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-            transaction = conn.transaction(readonly=True)
-            await transaction.start()
+            await self._begin(conn, seconds)
             try:
-                await self._limit_transaction(conn, seconds)
                 statement = await conn.prepare(sql)
                 columns = [
                     QueryColumn(name=a.name, type=a.type.name) for a in statement.get_attributes()
@@ -502,30 +500,29 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                         break
                     rows.append([_jsonable(v) for v in record])
             finally:
-                await self._end(conn, transaction)
+                await self._end(conn)
         return columns, rows, truncated
 
     @staticmethod
-    async def _limit_transaction(conn: Any, seconds: float) -> None:
+    async def _begin(conn: Any, seconds: float, *, snapshot: bool = False) -> None:
+        """Open the read-only transaction and set its limits, in one round trip."""
         ms = max(int(seconds * 1000), 1)
+        isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
         # Our own constant text: the user's SQL only ever goes through prepare().
         await conn.execute(
+            f"BEGIN TRANSACTION {isolation}READ ONLY; "
             f"SET LOCAL statement_timeout = {ms}; "
             f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
         )
 
     @staticmethod
-    async def _end(conn: Any, transaction: Any) -> None:
-        """Always roll back; a statement that ended the transaction itself leaves none."""
+    async def _end(conn: Any) -> None:
+        """Always roll back (a statement that ended the transaction itself leaves none)."""
         try:
-            await transaction.rollback()
+            await conn.execute("ROLLBACK")
         except Exception:
-            # The statement committed or aborted the transaction on its own (e.g. COMMIT),
-            # or the connection broke: make sure nothing stays open on it.
-            try:
-                await conn.execute("ROLLBACK")
-            except Exception:
-                await conn.close(timeout=2)
+            # The connection broke: make sure it is not lent again.
+            await conn.close(timeout=2)
 
     # -- status ----------------------------------------------------------------------
 
@@ -597,10 +594,8 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         start = time.perf_counter()
         with self._errors("schema inspection"):
             async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                transaction = conn.transaction(readonly=True, isolation="repeatable_read")
-                await transaction.start()
+                await self._begin(conn, self.config.statement_timeout, snapshot=True)
                 try:
-                    await self._limit_transaction(conn, self.config.statement_timeout)
                     relations = await conn.fetch(_SCHEMA_RELATIONS_SQL, allowed)
                     oids = [r["oid"] for r in relations]
                     columns = await conn.fetch(_SCHEMA_COLUMNS_SQL, oids)
@@ -608,7 +603,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                     indexes = await conn.fetch(_SCHEMA_INDEXES_SQL, oids)
                     names = await conn.fetch(_SCHEMA_NAMES_SQL, allowed)
                 finally:
-                    await self._end(conn, transaction)
+                    await self._end(conn)
         tables: dict[int, TableInfo] = {}
         for r in relations:
             tables[r["oid"]] = TableInfo(
@@ -754,10 +749,8 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         done = 0
         with self._errors("export"):
             async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                transaction = conn.transaction(readonly=True, isolation="repeatable_read")
-                await transaction.start()
+                await self._begin(conn, self.config.statement_timeout, snapshot=True)
                 try:
-                    await self._limit_transaction(conn, self.config.statement_timeout)
                     async with workspace.writer(
                         target,
                         max_bytes=limit,
@@ -780,7 +773,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                             table, schema_name=schema, output=sink, format="csv", header=True
                         )
                 finally:
-                    await self._end(conn, transaction)
+                    await self._end(conn)
         return writer.path
 
     async def upload_data(
