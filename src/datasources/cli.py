@@ -41,7 +41,12 @@ from datasources.credentials import (
     redact,
     write_key_file,
 )
-from datasources.errors import ConfigurationError, DataSourceError, NotFoundError
+from datasources.errors import (
+    ConfigurationError,
+    DataSourceError,
+    InvalidInputError,
+    NotFoundError,
+)
 from datasources.models import DataItem, DataSourceConfig
 from datasources.registry import DataSourceRegistry
 from datasources.store import Store
@@ -497,6 +502,34 @@ def put(
         _emit_json(item)
     else:
         out.print(f"Uploaded {item.path} ({_human_size(item.size)}).", markup=False)
+
+
+@app.command("query")
+def query(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="Id or name of a database source.")],
+    sql: Annotated[str, typer.Argument(help="One read-only statement.")],
+    max_rows: Annotated[int, typer.Option("--max-rows", "-n", min=1, max=10_000_000)] = 100,
+) -> None:
+    """Run a read-only query on a database source."""
+    state = _state(ctx)
+
+    async def run(connector: BaseConnector[Any]) -> Any:
+        execute = getattr(connector, "execute_query", None)
+        if execute is None:
+            raise InvalidInputError(f"Source {source!r} does not run queries.")
+        return await execute(sql, max_rows=max_rows)
+
+    result = _run(_borrow(state, source, run))
+    if state.json:
+        _emit_json(result)
+        return
+    table = Table(*(f"{c.name}\n[dim]{c.type}[/]" for c in result.columns))
+    for row in result.rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    out.print(table)
+    more = " (truncated: raise --max-rows)" if result.truncated else ""
+    err.print(f"{result.row_count} row(s) in {result.elapsed_ms:.1f} ms{more}", markup=False)
 
 
 # -- secrets ------------------------------------------------------------------------------

@@ -426,3 +426,58 @@ async def test_dropped_connections_are_retried_once_and_the_pool_refills(
         await asyncio.sleep(0.2)
         assert (await connector.execute_query("SELECT count(*) FROM canary")).rows == [[50]]
         assert await connector.ping()
+
+
+def test_cli_query(database: Database, tmp_path: Path) -> None:
+    import json as jsonlib
+
+    from typer.testing import CliRunner
+
+    from datasources.cli import app
+
+    runner = CliRunner()
+    home = tmp_path / "home"
+    env = {"PG_PASSWORD": database.password}
+    args = ["--home", str(home)]
+    added = runner.invoke(
+        app,
+        [
+            *args,
+            "sources",
+            "add",
+            "warehouse",
+            "--type",
+            "postgresql",
+            "-c",
+            f"host={database.host}",
+            "-c",
+            f"port={database.port}",
+            "-c",
+            f"database={database.name}",
+            "-c",
+            f"user={database.reader}",
+            "--config-env",
+            "password=PG_PASSWORD",
+        ],
+        env=env,
+    )
+    assert added.exit_code == 0, added.output
+    result = runner.invoke(
+        app,
+        [*args, "--json", "query", "warehouse", "SELECT id, v FROM canary ORDER BY id", "-n", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    body = jsonlib.loads(result.output)
+    assert body["rows"] == [[1, "a1"], [2, "a2"], [3, "a3"]] and body["truncated"] is True
+    human = runner.invoke(app, [*args, "query", "warehouse", "SELECT count(*) AS n FROM canary"])
+    assert human.exit_code == 0 and "50" in human.output
+    refused = runner.invoke(app, [*args, "query", "warehouse", "DELETE FROM canary"])
+    assert refused.exit_code == 1 and refused.output.startswith("error:")
+    shown = runner.invoke(app, [*args, "--json", "sources", "show", "warehouse"])
+    assert database.password not in shown.output
+    local = runner.invoke(
+        app, [*args, "sources", "add", "f", "--type", "local_folder", "-c", f"root={tmp_path}"]
+    )
+    assert local.exit_code == 0
+    not_db = runner.invoke(app, [*args, "query", "f", "SELECT 1"])
+    assert not_db.exit_code == 1 and "does not run queries" in not_db.output
