@@ -481,3 +481,38 @@ def test_cli_query(database: Database, tmp_path: Path) -> None:
     assert local.exit_code == 0
     not_db = runner.invoke(app, [*args, "query", "f", "SELECT 1"])
     assert not_db.exit_code == 1 and "does not run queries" in not_db.output
+
+
+async def test_profile_from_a_sample_from_pg_stats_and_of_a_query(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    async with connector_for() as connector:
+        sampled = await connector.profile("public.canary")
+        assert sampled.method == "sample" and sampled.sampled_rows == 50
+        id_col, v_col = sampled.columns
+        assert (id_col.name, id_col.type, id_col.min, id_col.max) == ("id", "int4", 1, 50)
+        assert id_col.null_fraction == 0 and id_col.distinct_estimate == 50
+        assert v_col.min == "a1" and v_col.top_values == []  # 50 distinct: not low-cardinality
+        query = await connector.profile(
+            "SELECT id % 3 AS bucket, NULLIF(id % 2, 0) AS odd FROM canary", sample_rows=30
+        )
+        assert query.method == "sample" and query.sampled_rows == 30
+        bucket, odd = query.columns
+        assert bucket.distinct_estimate == 3 and len(bucket.top_values) == 3
+        assert abs(sum(v.fraction for v in bucket.top_values) - 1) < 1e-9
+        assert odd.null_fraction == 0.5
+        with pytest.raises(ReadOnlyViolation):
+            await connector.profile("DELETE FROM canary")
+        with pytest.raises(NotFoundError):
+            await connector.profile("public.no_such_table")
+    owner = await asyncpg.connect(database.url)
+    try:
+        await owner.execute(f"SET ROLE {database.writer}")
+        await owner.execute("ANALYZE canary")
+    finally:
+        await owner.close()
+    async with connector_for() as connector:
+        stats = await connector.profile("public.canary")
+    assert stats.method == "pg_stats" and stats.estimated_rows == 50
+    assert stats.columns[0].name == "id" and stats.columns[0].null_fraction == 0
+    assert stats.columns[0].min == "1" and stats.columns[0].max == "50"
