@@ -21,6 +21,7 @@ from datasources.errors import (
     TimeoutError,
 )
 from datasources.sql_guard import ReadOnlyViolation
+from datasources.testing.contract import DatabaseContract
 from datasources.testing.readonly_corpus import ALLOWED, BYPASS_CORPUS
 
 pytestmark = pytest.mark.integration
@@ -516,3 +517,47 @@ async def test_profile_from_a_sample_from_pg_stats_and_of_a_query(
     assert stats.method == "pg_stats" and stats.estimated_rows == 50
     assert stats.columns[0].name == "id" and stats.columns[0].null_fraction == 0
     assert stats.columns[0].min == "1" and stats.columns[0].max == "50"
+
+
+class TestPostgreSQLContract(DatabaseContract):
+    @pytest.fixture
+    def schema(self) -> str:
+        return "contract"
+
+    @pytest.fixture
+    async def make_table(self, database: Database, schema: str) -> Callable[[str, int], Any]:
+        owner = await asyncpg.connect(database.url)
+        await owner.execute(f"SET ROLE {database.writer}")
+        await owner.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await owner.execute(f"GRANT USAGE ON SCHEMA {schema} TO {database.reader}")
+        await owner.close()
+
+        async def make(name: str, rows: int) -> None:
+            conn = await asyncpg.connect(database.url)
+            try:
+                await conn.execute(f"SET ROLE {database.writer}")
+                await conn.execute(
+                    f"CREATE TABLE {schema}.{name} (id int PRIMARY KEY, v text);"
+                    f"INSERT INTO {schema}.{name} "
+                    f"SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
+                    f"GRANT SELECT ON {schema}.{name} TO {database.reader}"
+                )
+            finally:
+                await conn.close()
+
+        return make
+
+    @pytest.fixture
+    def make_connector(self, database: Database) -> Callable[..., PostgreSQLConnector]:
+        def make(read_only: bool = False, **extra: Any) -> PostgreSQLConnector:
+            return PostgreSQLConnector(
+                database.config(database.reader, **extra),
+                source_id="pg-contract",
+                read_only=read_only,
+            )
+
+        return make
+
+    @pytest.fixture
+    def secret_values(self, database: Database) -> list[str]:
+        return [database.password]

@@ -32,13 +32,14 @@ from datasources.errors import (
     InvalidInputError,
     LimitExceededError,
     NotFoundError,
+    PermissionDeniedError,
     ReadOnlyError,
     UnsafePathError,
 )
 from datasources.models import ItemKind
 from datasources.workspace import Workspace
 
-__all__ = ["HOSTILE_NAMES", "ConnectorContract"]
+__all__ = ["HOSTILE_NAMES", "CommonContract", "ConnectorContract", "DatabaseContract"]
 
 MakeConnector = Callable[..., BaseConnector[Any]]
 Seed = Callable[[str, bytes], Awaitable[None]]
@@ -82,8 +83,8 @@ class _Meter:
         return self.calls[-1][0] if self.calls else 0
 
 
-class ConnectorContract:
-    """Subclass me and provide ``make_connector`` and ``seed`` fixtures."""
+class CommonContract:
+    """What every connector shows, files or tables: declaration, lifecycle, status."""
 
     @pytest.fixture
     def secret_values(self) -> list[str]:
@@ -136,6 +137,10 @@ class ConnectorContract:
         shown = status.model_dump_json() + repr(connector) + repr(connector.config)
         for secret in secret_values:
             assert secret not in shown
+
+
+class ConnectorContract(CommonContract):
+    """File-like sources: subclass me and provide ``make_connector`` and ``seed`` fixtures."""
 
     # -- listing -----------------------------------------------------------------------
 
@@ -357,3 +362,94 @@ class ConnectorContract:
             with pytest.raises(ReadOnlyError):
                 await connector.upload_data(local, "f.txt")
             assert await connector.list_items() == []
+
+
+MakeTable = Callable[[str, int], Awaitable[None]]
+
+
+class DatabaseContract(CommonContract):
+    """Database sources: provide ``make_connector`` (over an isolated schema named by the
+    ``schema`` fixture) and ``make_table(name, rows)``, which creates ``schema.name``
+    with columns ``id int`` and ``v text`` and ``rows`` rows, bypassing the connector.
+    """
+
+    async def test_lists_tables_in_order_and_pages_through_them(
+        self, make_connector: MakeConnector, make_table: MakeTable, schema: str
+    ) -> None:
+        for name in ("b_table", "a_table", "c_table", "a_other"):
+            await make_table(name, 3)
+        async with make_connector() as connector:
+            paths = [i.path for i in await connector.list_items(f"{schema}.")]
+            assert (
+                paths
+                == sorted(paths)
+                == [
+                    f"{schema}.a_other",
+                    f"{schema}.a_table",
+                    f"{schema}.b_table",
+                    f"{schema}.c_table",
+                ]
+            )
+            assert [i.path for i in await connector.list_items(f"{schema}.a_")] == paths[:2]
+            seen: list[str] = []
+            cursor = None
+            while True:
+                page = await connector.list_page(f"{schema}.", limit=3, cursor=cursor)
+                seen.extend(i.path for i in page.items)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            assert seen == paths
+            with pytest.raises(InvalidInputError):
+                await connector.list_page(cursor="not a cursor!")
+
+    async def test_metadata_names_the_columns(
+        self, make_connector: MakeConnector, make_table: MakeTable, schema: str
+    ) -> None:
+        await make_table("described", 2)
+        async with make_connector() as connector:
+            item = await connector.get_metadata(f"{schema}.described")
+            assert [c["name"] for c in item.metadata["columns"]] == ["id", "v"]
+            with pytest.raises(NotFoundError):
+                await connector.get_metadata(f"{schema}.missing")
+
+    async def test_fetch_exports_the_rows_with_provenance(
+        self, make_connector: MakeConnector, make_table: MakeTable, schema: str, tmp_path: Path
+    ) -> None:
+        await make_table("exported", 25)
+        workspace = Workspace(tmp_path / "ws")
+        async with make_connector() as connector:
+            local = await connector.fetch_data(f"{schema}.exported", workspace)
+        assert local.is_relative_to(workspace.root) and local.stat().st_size > 0
+        entry = workspace.manifest()[workspace.relative(local)]
+        assert entry.source_id == connector.source_id and entry.remote_path == f"{schema}.exported"
+        assert not list(workspace.tmp_dir.iterdir())
+
+    @pytest.mark.parametrize(
+        "name", ["../x", "a.b.c", "/etc/passwd", "x\x00y", "no_dot", "", "a;b.c", ".."]
+    )
+    async def test_hostile_table_names(
+        self, make_connector: MakeConnector, tmp_path: Path, name: str
+    ) -> None:
+        async with make_connector() as connector:
+            with pytest.raises((InvalidInputError, NotFoundError)):
+                await connector.fetch_data(name, tmp_path / "ws")
+            with pytest.raises((InvalidInputError, NotFoundError)):
+                await connector.get_metadata(name)
+        assert not [p for p in _tree(tmp_path) if ".datasources" not in Path(p).parts]
+
+    async def test_writes_are_refused(
+        self, make_connector: MakeConnector, make_table: MakeTable, schema: str, tmp_path: Path
+    ) -> None:
+        await make_table("kept", 5)
+        local = tmp_path / "f.csv"
+        local.write_text("id,v\n1,x\n")
+        async with make_connector() as connector:
+            with pytest.raises(PermissionDeniedError):
+                await connector.upload_data(local, f"{schema}.kept")
+            execute = getattr(connector, "execute_query", None)
+            if execute is not None:
+                with pytest.raises(InvalidInputError):
+                    await execute(f"DELETE FROM {schema}.kept")
+                result = await execute(f"SELECT count(*) FROM {schema}.kept")
+                assert result.rows == [[5]]
