@@ -19,7 +19,6 @@ import base64
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import secrets
 import stat
@@ -432,6 +431,11 @@ class Workspace:
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
 
+    @classmethod
+    def of(cls, workspace: Workspace | Path | str) -> Workspace:
+        """``workspace`` itself, or a (durable) workspace at that folder."""
+        return workspace if isinstance(workspace, Workspace) else cls(workspace)
+
     def path_for(self, remote_path: str) -> Path:
         """The local path a remote name maps to (validated, inside the workspace)."""
         return resolve_inside(self.root, safe_relative_path(remote_path))
@@ -593,10 +597,3 @@ def md5_from_base64(value: str | None) -> bytes | None:
     except ValueError:
         return None
     return raw if len(raw) == 16 else None
-
-
-def dump_manifest(workspace: Workspace) -> str:
-    """The manifest as one pretty JSON document (for people and the CLI)."""
-    return json.dumps(
-        {p: e.model_dump(mode="json") for p, e in workspace.manifest().items()}, indent=2
-    )

@@ -425,20 +425,17 @@ _PERMISSION_CODES = {
 # signature with it, so it reads as "credentials rejected".
 
 
-class _Retry:
+def _short_retry_policy() -> Any:
     """Short exponential backoff: a chat cannot wait the SDK's 15 s first retry."""
+    from azure.storage.blob.aio import ExponentialRetry
 
-    @staticmethod
-    def policy() -> Any:
-        from azure.storage.blob.aio import ExponentialRetry
+    class ShortExponentialRetry(ExponentialRetry):
+        def get_backoff_time(self, settings: dict[str, Any]) -> float:
+            count = int(settings["count"])
+            backoff: float = min(0.2 * (2**count), 2.0) * random.uniform(0.8, 1.2)
+            return backoff
 
-        class ShortExponentialRetry(ExponentialRetry):
-            def get_backoff_time(self, settings: dict[str, Any]) -> float:
-                count = int(settings["count"])
-                backoff: float = min(0.2 * (2**count), 2.0) * random.uniform(0.8, 1.2)
-                return backoff
-
-        return ShortExponentialRetry(retry_total=3, initial_backoff=0, increment_base=2)
+    return ShortExponentialRetry(retry_total=3, initial_backoff=0, increment_base=2)
 
 
 class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
@@ -518,7 +515,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         transport = AioHttpTransport(session=self._session, session_owner=False)
         common: dict[str, Any] = {
             "transport": transport,
-            "retry_policy": _Retry.policy(),
+            "retry_policy": _short_retry_policy(),
             "connection_timeout": min(config.timeout, 20.0),
             "read_timeout": config.timeout,
             "max_single_put_size": config.chunk_size,
@@ -956,9 +953,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         progress: ProgressCallback | None = None,
     ) -> Path:
         name = self._blob_name(path)
-        workspace = (
-            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
-        )
+        workspace = Workspace.of(workspace_dir)
         workspace.path_for(name)  # a name the workspace refuses is refused before any request
         for _attempt in range(3):
             item = await self.get_metadata(name)

@@ -367,9 +367,7 @@ class BaseConnector(ABC, Generic[ConfigT]):
         """
         if not 1 <= concurrency <= 64:
             raise InvalidInputError("concurrency must be between 1 and 64.")
-        workspace = (
-            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
-        )
+        workspace = Workspace.of(workspace_dir)
         is_glob = any(c in prefix_or_glob for c in "*?[")
         listing = (
             self.iter_items(glob=prefix_or_glob) if is_glob else self.iter_items(prefix_or_glob)
@@ -476,9 +474,7 @@ class BaseConnector(ABC, Generic[ConfigT]):
         ``chunks`` is only called when the workspace does not already hold the same
         version (same source, path and etag), so an unchanged item transfers 0 bytes.
         """
-        workspace = (
-            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
-        )
+        workspace = Workspace.of(workspace_dir)
         workspace.path_for(path)  # validate the name before touching the source
         cached = self.reuse_if_current(path, item, workspace, progress)
         if cached is not None:

@@ -929,12 +929,10 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     ) -> Path:
         """Export a whole table or view as CSV (``schema/table.csv``), streamed with COPY."""
         schema, table = self._split_table(path)
-        workspace = (
-            workspace_dir if isinstance(workspace_dir, Workspace) else Workspace(workspace_dir)
-        )
+        workspace = Workspace.of(workspace_dir)
         target = f"{schema}/{table}.csv"
         workspace.path_for(target)
-        await self.get_metadata(path)  # exists, visible and allowed, or a clear error
+        item = await self.get_metadata(path)  # exists, visible and allowed, or a clear error
         limit = self.config.max_download_bytes
         done = 0
         with self._errors("export"):
@@ -944,12 +942,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                     async with workspace.writer(
                         target,
                         max_bytes=limit,
-                        provenance={
-                            "source_id": self.source_id,
-                            "source_type": str(self.type),
-                            "remote_path": path,
-                            "query": f"COPY {schema}.{table} TO STDOUT (FORMAT csv, HEADER)",
-                        },
+                        provenance=self.provenance(
+                            path,
+                            item,
+                            {"query": f"COPY {schema}.{table} TO STDOUT (FORMAT csv, HEADER)"},
+                        ),
                     ) as writer:
 
                         async def sink(chunk: bytes) -> None:
