@@ -54,6 +54,21 @@ async def _measure(fn: Any) -> list[float]:
     return samples
 
 
+async def _psycopg(url: str) -> list[float]:
+    """The other driver the issue names: psycopg 3 with psycopg_pool, same lookup."""
+    from psycopg_pool import AsyncConnectionPool
+
+    sql = LOOKUP.replace("$1", "%s")
+    async with AsyncConnectionPool(url, min_size=1, max_size=1, open=False) as pool:
+
+        async def lookup(i: int) -> Any:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(sql, (i,), prepare=True)
+                return await cursor.fetchone()
+
+        return await _measure(lookup)
+
+
 async def run() -> list[str]:
     from datasources.connectors.postgresql import PostgreSQLConnector
 
@@ -64,6 +79,7 @@ async def run() -> list[str]:
         bare = await _measure(lambda i: pool.fetchrow(LOOKUP, i))
     finally:
         await pool.close()
+    psycopg_samples = await _psycopg(url)
     connector = PostgreSQLConnector({"dsn": url, "pool_min_size": 1, "pool_max_size": 1})
     async with connector:
         ours = await _measure(lambda i: connector.execute_query(LOOKUP, [i]))
@@ -77,6 +93,8 @@ async def run() -> list[str]:
         "| 1-row lookup | p50 | p99 | overhead over the bare driver (p50) |",
         "|---|---|---|---|",
         f"| bare asyncpg `pool.fetchrow` | {p(bare, 50):.0f} µs | {p(bare, 99):.0f} µs | - |",
+        f"| bare psycopg 3 + psycopg_pool, prepared | {p(psycopg_samples, 50):.0f} µs | "
+        f"{p(psycopg_samples, 99):.0f} µs | {(p(psycopg_samples, 50) - p(bare, 50)) / 1000:.2f} ms |",
     ]
     for label, samples in (
         ("`execute_query`, all layers", ours),

@@ -322,7 +322,7 @@ async def test_listing_metadata_and_export(
             ("v", "text", False),
         ]
         assert columns[1]["comment"] == "a value"
-        local = await connector.fetch_data("public.canary", tmp_path / "ws")
+        local = await connector.fetch_data("public.canary", tmp_path / "ws", format="csv")
         lines = local.read_text().splitlines()
         assert lines[0] == "id,v" and lines[1] == "1,a1" and len(lines) == 51
         assert local == (tmp_path / "ws" / "public" / "canary.csv").resolve()

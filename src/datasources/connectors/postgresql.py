@@ -22,18 +22,23 @@ import base64
 import builtins
 import datetime as dt
 import decimal
+import functools
+import hashlib
 import ipaddress
+import itertools
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from datasources.connectors.base import (
@@ -41,6 +46,15 @@ from datasources.connectors.base import (
     ConnectorConfig,
     ProgressCallback,
     listing_query,
+)
+from datasources.connectors.pg_arrow import (
+    EXPORT_SETTINGS,
+    ChunkPipe,
+    ColumnPlan,
+    ReaderGone,
+    copy_select,
+    csv_to_parquet,
+    plan_columns,
 )
 from datasources.errors import (
     AuthenticationError,
@@ -54,7 +68,7 @@ from datasources.errors import (
 )
 from datasources.models import ConnectionStatus, DataItem, DataSourceType, ItemKind
 from datasources.sql_guard import ReadOnlyViolation, check_read_only
-from datasources.workspace import Workspace
+from datasources.workspace import AsyncAtomicWriter, Workspace
 
 __all__ = ["PostgreSQLConfig", "PostgreSQLConnector", "QueryColumn", "QueryResult", "parse_dsn"]
 
@@ -367,6 +381,85 @@ _DROPPED_CONNECTION: tuple[type[BaseException], ...] = (
     BrokenPipeError,
 )
 
+ExportFormat = Literal["parquet", "csv"]
+_PIPE_CHUNK = 1 << 20
+
+
+async def _describe(conn: Any, sql: str) -> list[tuple[str, int, str]]:
+    """Parse ``sql`` on the server (layer 2) and name its result columns.
+
+    asyncpg's statement cache makes a repeated statement free here; ``prepare()`` would
+    parse it again every time (one more round trip). The cache is reached through
+    ``_get_statement``, the call ``fetch`` and ``cursor`` themselves make.
+    """
+    get_statement = getattr(conn, "_get_statement", None)
+    if get_statement is not None:
+        state = await get_statement(sql, None)
+        attributes = state._get_attributes()
+    else:  # pragma: no cover - an asyncpg without the private call
+        attributes = (await conn.prepare(sql)).get_attributes()
+    return [(a.name, a.type.oid, a.type.name) for a in attributes]
+
+
+def _declared_typmods(
+    attributes: Sequence[tuple[str, int, str]], decimals: Mapping[str, tuple[int, int]]
+) -> list[int]:
+    """Type modifiers for the numeric columns the caller declared as ``(precision, scale)``."""
+    names = {name for name, _, _ in attributes}
+    unknown = sorted(set(decimals) - names)
+    if unknown:
+        raise InvalidInputError(f"decimals names columns the result does not have: {unknown}.")
+    typmods = []
+    for name, _, _ in attributes:
+        if name not in decimals:
+            typmods.append(-1)
+            continue
+        precision, scale = decimals[name]
+        if not (1 <= precision <= 76 and 0 <= scale <= precision):
+            raise InvalidInputError(
+                f"decimals[{name!r}] must be (precision, scale) with 1 <= precision <= 76 "
+                "and 0 <= scale <= precision."
+            )
+        typmods.append(((precision << 16) | scale) + 4)
+    return typmods
+
+
+def _export_format(value: str) -> str:
+    if value not in ("parquet", "csv"):
+        raise InvalidInputError("format is 'parquet' or 'csv'.")
+    return value
+
+
+def _inline_parameters(sql: str, literals: Sequence[str]) -> str:
+    """Put server-quoted literals in place of the ``$n`` tokens of ``sql``.
+
+    The tokenizer tells parameters from look-alikes inside strings, dollar quotes and
+    comments, which a regular expression cannot.
+    """
+    from sqlglot.dialects.postgres import Postgres
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = Postgres().tokenize(sql)
+    except Exception as exc:
+        raise InvalidInputError(f"The statement could not be tokenized: {exc}") from None
+    spans: list[tuple[int, int, str]] = []
+    for current, following in itertools.pairwise(tokens):
+        if (
+            current.token_type == TokenType.PARAMETER
+            and following.token_type == TokenType.NUMBER
+            and following.start == current.end + 1
+            and following.text.isdigit()
+        ):
+            index = int(following.text) - 1
+            if not 0 <= index < len(literals):
+                raise InvalidInputError(f"No value for parameter ${following.text}.")
+            spans.append((current.start, following.end + 1, literals[index]))
+    for start, end, literal in reversed(spans):
+        sql = f"{sql[:start]}{literal}{sql[end:]}"
+    return sql
+
+
 _TABLE_KINDS = {
     "r": ItemKind.TABLE,
     "p": ItemKind.TABLE,
@@ -393,6 +486,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         super().__init__(config, **kwargs)
         self._pool: Any = None
         self._schema_cache: dict[tuple[str, ...] | None, SchemaInfo] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def check_config(cls, config: ConnectorConfig) -> None:
@@ -440,6 +534,8 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
 
     async def disconnect(self) -> None:
         self._connected = False
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -553,25 +649,37 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     ) -> tuple[list[QueryColumn], list[list[Any]], bool]:
         rows: list[list[Any]] = []
         truncated = False
-        async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
+        pool = self._require_pool()
+        conn = await pool.acquire(timeout=self.config.connect_timeout)
+        try:
             await self._begin(conn, seconds)
-            try:
-                statement = await conn.prepare(sql)
-                columns = [
-                    QueryColumn(name=a.name, type=a.type.name) for a in statement.get_attributes()
-                ]
-                cursor = statement.cursor(*(params or ()), prefetch=min(limit + 1, 1000))
-                async for record in cursor:
-                    if len(rows) == limit:
-                        truncated = True
-                        break
-                    rows.append([_jsonable(v) for v in record])
-            finally:
-                await self._end(conn)
+            attributes = await _describe(conn, sql)
+            columns = [QueryColumn(name=name, type=type_name) for name, _, type_name in attributes]
+            cursor = conn.cursor(sql, *(params or ()), prefetch=min(limit + 1, 1000))
+            async for record in cursor:
+                if len(rows) == limit:
+                    truncated = True
+                    break
+                rows.append([_jsonable(v) for v in record])
+        except BaseException:
+            await self._end(conn)
+            await pool.release(conn)
+            raise
+        # The rows are in hand: the rollback and the pool's reset run after the caller has
+        # them, and the connection is lent again only when both are done.
+        task = asyncio.create_task(self._end_and_release(pool, conn))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
         return columns, rows, truncated
 
+    async def _end_and_release(self, pool: Any, conn: Any) -> None:
+        await self._end(conn)
+        await pool.release(conn)
+
     @staticmethod
-    async def _begin(conn: Any, seconds: float, *, snapshot: bool = False) -> None:
+    async def _begin(
+        conn: Any, seconds: float, *, snapshot: bool = False, extra: str = ""
+    ) -> None:
         """Open the read-only transaction and set its limits, in one round trip."""
         ms = max(int(seconds * 1000), 1)
         isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
@@ -580,6 +688,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             f"BEGIN TRANSACTION {isolation}READ ONLY; "
             f"SET LOCAL statement_timeout = {ms}; "
             f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
+            + (f"; {extra}" if extra else "")
         )
 
     @staticmethod
@@ -889,6 +998,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         return schema, table
 
     async def get_metadata(self, path: str) -> DataItem:
+        item, _ = await self._describe_table(path)
+        return item
+
+    async def _describe_table(self, path: str) -> tuple[DataItem, list[int]]:
+        """The table's item and its columns' type modifiers (numeric precision and scale)."""
         schema, table = self._split_table(path)
         with self._errors("metadata lookup"):
             async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
@@ -896,6 +1010,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                 if record is None:
                     raise NotFoundError(f"{path!r} does not exist in source {self.source_id!r}.")
                 columns = await conn.fetch(_COLUMNS_SQL, record["oid"])
+        typmods = [int(c["typmod"]) for c in columns]
         return DataItem(
             path=path,
             name=table,
@@ -916,7 +1031,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                     for c in columns
                 ],
             },
-        )
+        ), typmods
 
     # -- transfer --------------------------------------------------------------------
 
@@ -926,42 +1041,213 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         workspace_dir: Path | str | Workspace,
         *,
         progress: ProgressCallback | None = None,
+        format: ExportFormat = "parquet",
+        max_rows: int | None = None,
     ) -> Path:
-        """Export a whole table or view as CSV (``schema/table.csv``), streamed with COPY."""
+        """Export a whole table or view to ``schema/table.parquet`` (or ``.csv``), streamed.
+
+        The column types come from the catalog, so ``numeric(p, s)`` becomes a decimal
+        with the same precision and scale.
+        """
         schema, table = self._split_table(path)
+        fmt = _export_format(format)
         workspace = Workspace.of(workspace_dir)
-        target = f"{schema}/{table}.csv"
+        target = f"{schema}/{table}.{fmt}"
         workspace.path_for(target)
-        item = await self.get_metadata(path)  # exists, visible and allowed, or a clear error
-        limit = self.config.max_download_bytes
+        item, typmods = await self._describe_table(path)  # exists and allowed, or an error
+        return await self._export(
+            f"SELECT * FROM {_ident(schema)}.{_ident(table)}",
+            None,
+            workspace,
+            target,
+            fmt=fmt,
+            max_rows=max_rows,
+            typmods=typmods,
+            progress=progress,
+            provenance=self.provenance(path, item, {"query": f"TABLE {schema}.{table}"}),
+        )
+
+    async def export_query(
+        self,
+        sql: str,
+        workspace_dir: Path | str | Workspace,
+        *,
+        params: Sequence[Any] | None = None,
+        format: ExportFormat = "parquet",
+        filename: str | None = None,
+        max_rows: int | None = None,
+        decimals: Mapping[str, tuple[int, int]] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Stream the result of one read-only statement into a Parquet (default) or CSV file.
+
+        The statement passes the same layers as :meth:`execute_query`. ``filename`` is a
+        workspace-relative path (default ``exports/query-<hash>.<format>``); ``max_rows``
+        stops the export early and the source's ``max_download_bytes`` caps the file.
+        asyncpg does not expose a query's type modifiers, so a numeric column is exported
+        as exact text unless ``decimals`` declares its ``(precision, scale)`` by name.
+        """
+        if self.parser_check:
+            check_read_only(sql)
+        fmt = _export_format(format)
+        workspace = Workspace.of(workspace_dir)
+        if filename is None:
+            digest = hashlib.sha256(repr((sql, list(params or ()))).encode()).hexdigest()[:12]
+            filename = f"exports/query-{digest}.{fmt}"
+        workspace.path_for(filename)
+        item = DataItem(path=filename, name=filename.rsplit("/", 1)[-1], kind=ItemKind.TABLE)
+        extra: dict[str, Any] = {"query": sql}
+        if params:
+            extra["extra"] = {"params": [_jsonable(v) for v in params]}
+        return await self._export(
+            sql,
+            params,
+            workspace,
+            filename,
+            fmt=fmt,
+            max_rows=max_rows,
+            typmods=None,
+            decimals=decimals,
+            progress=progress,
+            provenance=self.provenance(filename, item, extra),
+        )
+
+    async def _export(
+        self,
+        sql: str,
+        params: Sequence[Any] | None,
+        workspace: Workspace,
+        target: str,
+        *,
+        fmt: str,
+        max_rows: int | None,
+        typmods: Sequence[int] | None,
+        progress: ProgressCallback | None,
+        provenance: dict[str, Any],
+        decimals: Mapping[str, tuple[int, int]] | None = None,
+    ) -> Path:
+        if max_rows is not None and max_rows < 0:
+            raise InvalidInputError("max_rows cannot be negative.")
         done = 0
         with self._errors("export"):
             async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                await self._begin(conn, self.config.statement_timeout, snapshot=True)
+                await self._begin(
+                    conn, self.config.statement_timeout, snapshot=True, extra=EXPORT_SETTINGS
+                )
                 try:
+                    inner, attributes = await self._one_statement(conn, sql, params)
+                    if decimals:
+                        typmods = _declared_typmods(attributes, decimals)
+                    plans = plan_columns(attributes, typmods)
+                    if fmt == "csv":
+                        limit = f" LIMIT {int(max_rows)}" if max_rows is not None else ""
+                        query = f"SELECT * FROM (\n{inner}\n) AS q{limit}"
+                    else:
+                        query = copy_select(inner, plans, max_rows)
                     async with workspace.writer(
-                        target,
-                        max_bytes=limit,
-                        provenance=self.provenance(
-                            path,
-                            item,
-                            {"query": f"COPY {schema}.{table} TO STDOUT (FORMAT csv, HEADER)"},
-                        ),
+                        target, max_bytes=self.config.max_download_bytes, provenance=provenance
                     ) as writer:
+                        if fmt == "csv":
 
-                        async def sink(chunk: bytes) -> None:
-                            nonlocal done
-                            await writer.write(chunk)
-                            done += len(chunk)
-                            if progress is not None:
-                                progress(done, None)
+                            async def sink(chunk: bytes) -> None:
+                                nonlocal done
+                                await writer.write(chunk)
+                                done += len(chunk)
+                                if progress is not None:
+                                    progress(done, None)
 
-                        await conn.copy_from_table(
-                            table, schema_name=schema, output=sink, format="csv", header=True
-                        )
+                            await conn.copy_from_query(
+                                query, output=sink, format="csv", header=True
+                            )
+                        else:
+                            await self._copy_parquet(conn, query, plans, writer, progress)
                 finally:
                     await self._end(conn)
         return writer.path
+
+    async def _one_statement(
+        self, conn: Any, sql: str, params: Sequence[Any] | None
+    ) -> tuple[str, list[tuple[str, int, str]]]:
+        """Layer 2 for exports: the server parses ``sql`` alone as exactly one statement.
+
+        COPY cannot take bind parameters, so parameters are rendered by the server as
+        literals and put in place of the ``$n`` tokens (found by the tokenizer, never in
+        strings or comments); the result is checked again, by the parser and by Parse.
+        """
+        inner = sql.strip().rstrip(";").rstrip()
+        statement = await conn.prepare(inner)  # not cached: COPY runs the text, not this
+        wanted = statement.get_parameters()
+        given = list(params or ())
+        if len(given) != len(wanted):
+            raise InvalidInputError(
+                f"The statement takes {len(wanted)} parameter(s); {len(given)} given."
+            )
+        if wanted:
+            casts = ", ".join(
+                f"quote_nullable(${i}::{_ident(t.schema)}.{_ident(t.name)}::text)"
+                for i, t in enumerate(wanted, start=1)
+            )
+            literals = list(await conn.fetchrow(f"SELECT {casts}", *given))
+            inner = _inline_parameters(inner, literals)
+            if self.parser_check:
+                check_read_only(inner)
+            statement = await conn.prepare(inner)
+            if statement.get_parameters():
+                raise InvalidInputError("Could not place every parameter of the statement.")
+        attributes = [(a.name, a.type.oid, a.type.name) for a in statement.get_attributes()]
+        if not attributes:
+            raise InvalidInputError("Only a statement that returns rows can be exported.")
+        return inner, attributes
+
+    async def _copy_parquet(
+        self,
+        conn: Any,
+        query: str,
+        plans: Sequence[ColumnPlan],
+        writer: AsyncAtomicWriter,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """COPY CSV from the server, parsed and written as Parquet by one worker thread."""
+        pipe = ChunkPipe(depth=8)
+        loop = asyncio.get_running_loop()
+        multiline = any(p.csv_type == pa.string() for p in plans)
+        convert = loop.run_in_executor(
+            None,
+            functools.partial(csv_to_parquet, pipe, writer.file.write, plans, multiline=multiline),
+        )
+        buffer = bytearray()
+        received = 0
+
+        async def sink(chunk: bytes) -> None:
+            nonlocal received
+            buffer.extend(chunk)
+            received += len(chunk)
+            if len(buffer) >= _PIPE_CHUNK:
+                await pipe.put(bytes(buffer))
+                buffer.clear()
+                if progress is not None:
+                    progress(received, None)
+
+        try:
+            await conn.copy_from_query(query, output=sink, format="csv")
+            if buffer:
+                await pipe.put(bytes(buffer))
+            await pipe.put(None)
+        except ReaderGone:
+            pass  # the converter failed; its error is raised below
+        except BaseException:
+            # The COPY failed or we were cancelled: stop the thread before the atomic
+            # file it writes to is thrown away.
+            pipe.fail()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(convert)
+            raise
+        try:
+            await convert
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise InvalidInputError(f"The result could not be written as Parquet: {exc}") from None
+        if progress is not None:
+            progress(received, None)
 
     async def upload_data(
         self, local_path: Path | str, remote_path: str, *, overwrite: bool = False
@@ -1099,7 +1385,8 @@ WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f
 _COLUMNS_SQL = """
 SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
        NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
-       col_description(a.attrelid, a.attnum) AS comment, a.attnum AS ordinal
+       col_description(a.attrelid, a.attnum) AS comment, a.attnum AS ordinal,
+       a.atttypmod AS typmod
 FROM pg_attribute a
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
