@@ -95,7 +95,9 @@ async def test_table_types_round_trip_into_parquet(
     assert first["by"] == b"\x00\xff\x10"
     assert first["ai"] == [1, None, 3] and first["at"] == ["a b", None, ""]
     assert first["an"] == ["1.10", "2.25"] and first["m"] == "happy" and first["ip"] == "10.0.0.1/8"
-    assert second["t"] == "" and second["by"] == b"" and second["ai"] == [] and second["jb"] == "null"
+    assert (
+        second["t"] == "" and second["by"] == b"" and second["ai"] == [] and second["jb"] == "null"
+    )
     assert second["f8"] == float("-inf") and second["nfree"] == "NaN"
     assert all(v is None for v in third.values())
     entry = workspace.manifest()["public/typed.parquet"]
@@ -151,12 +153,23 @@ async def test_export_refuses_writes_with_or_without_the_parser(
         "SELECT 1) TO STDOUT; DELETE FROM canary; COPY (SELECT 1",
         "WITH d AS (DELETE FROM canary RETURNING id) SELECT * FROM d",
         "SELECT 1 --\n) TO STDOUT; DELETE FROM canary; COPY (SELECT 1",
-        "SELECT set_config('default_transaction_read_only', 'off', false)",
         "SELECT nextval('no_such_seq')",
     ]
     for sql in attempts:
         with pytest.raises(DataSourceError):
             await connector.export_query(sql, tmp_path / "ws", filename="x.parquet")
+    # Without the parser this one runs, inside the read-only transaction that is rolled
+    # back: the session setting it changes does not survive.
+    flip = "SELECT set_config('default_transaction_read_only', 'off', false)"
+    if parser:
+        with pytest.raises(DataSourceError):
+            await connector.export_query(flip, tmp_path / "ws", filename="x.parquet")
+    else:
+        await connector.export_query(flip, tmp_path / "ws", filename="x.parquet")
+    check = await connector.export_query(
+        "SELECT current_setting('default_transaction_read_only') AS v", tmp_path / "ws"
+    )
+    assert pq.read_table(check).to_pylist() == [{"v": "on"}]
     conn = await asyncpg.connect(postgres_database)
     try:
         assert await conn.fetchval("SELECT count(*) FROM canary") == 2
@@ -173,10 +186,10 @@ async def test_parser_layer_rejects_before_the_server(
         await connector.export_query("SELECT pg_read_file('/etc/passwd')", tmp_path / "ws")
 
 
-@pytest.mark.parametrize("name", ["../x.parquet", "/etc/x", ".datasources/manifest.jsonl", "a\x00b"])
-async def test_hostile_filenames(
-    connector: PostgreSQLConnector, tmp_path: Path, name: str
-) -> None:
+@pytest.mark.parametrize(
+    "name", ["../x.parquet", "/etc/x", ".datasources/manifest.jsonl", "a\x00b"]
+)
+async def test_hostile_filenames(connector: PostgreSQLConnector, tmp_path: Path, name: str) -> None:
     with pytest.raises((UnsafePathError, InvalidInputError)):
         await connector.export_query("SELECT 1", tmp_path / "ws", filename=name)
     assert not (tmp_path / "x.parquet").exists()
@@ -198,7 +211,9 @@ async def test_byte_limit_and_failures_leave_nothing_behind(
             await small.export_query("SELECT '{{1,2},{3,4}}'::int[] AS arr", workspace)
         assert (await small.execute_query("SELECT 1")).rows == [[1]]
     assert not list(workspace.tmp_dir.iterdir())
-    assert [p for p in workspace.root.rglob("*") if p.is_file() and ".datasources" not in p.parts] == []
+    assert [
+        p for p in workspace.root.rglob("*") if p.is_file() and ".datasources" not in p.parts
+    ] == []
 
 
 async def test_cancelling_an_export_stops_it_cleanly(
@@ -224,8 +239,6 @@ async def test_progress_is_reported(connector: PostgreSQLConnector, tmp_path: Pa
     assert seen and seen == sorted(seen) and seen[-1] > 1_000_000
 
 
-
-
 async def test_declared_decimals_for_query_columns(
     connector: PostgreSQLConnector, tmp_path: Path
 ) -> None:
@@ -240,3 +253,12 @@ async def test_declared_decimals_for_query_columns(
     for bad in ({"zz": (3, 1)}, {"n": (0, 0)}, {"n": (5, 7)}):
         with pytest.raises(InvalidInputError):
             await connector.export_query(sql, tmp_path / "ws", decimals=bad)
+
+
+async def test_one_column_of_nulls_and_empty_strings(
+    connector: PostgreSQLConnector, tmp_path: Path
+) -> None:
+    """A row holding one NULL is an empty line in CSV; it must still be a row."""
+    sql = "SELECT * FROM (VALUES (NULL::text), (''), (E'\\\\N'), (E'a\\tb\\n')) v(t)"
+    local = await connector.export_query(sql, tmp_path / "ws")
+    assert pq.read_table(local).column("t").to_pylist() == [None, "", "\\N", "a\tb\n"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import contextlib
 import datetime as dt
 import decimal
 import functools
@@ -31,7 +32,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -385,6 +385,13 @@ ExportFormat = Literal["parquet", "csv"]
 _PIPE_CHUNK = 1 << 20
 
 
+_END_SQL = "ROLLBACK; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL"
+
+
+async def _session_already_reset(conn: Any) -> None:
+    """The pool's reset hook: nothing to do, :meth:`PostgreSQLConnector._end` did it."""
+
+
 async def _describe(conn: Any, sql: str) -> list[tuple[str, int, str]]:
     """Parse ``sql`` on the server (layer 2) and name its result columns.
 
@@ -424,6 +431,26 @@ def _declared_typmods(
     return typmods
 
 
+async def _fetch_at_most(
+    conn: Any, sql: str, params: Sequence[Any] | None, limit: int
+) -> list[Any]:
+    """Run the (cached) statement and read at most ``limit`` rows in one round trip.
+
+    The row cap travels in the Execute message, so the server stops there; asyncpg's
+    ``fetchrow`` uses the same call with a cap of one. A cursor would need one more round
+    trip to close its portal, which the rollback closes anyway.
+    """
+    execute = getattr(conn, "_execute", None)
+    if execute is not None:
+        return list(await execute(sql, list(params or ()), limit, None))
+    rows = []  # pragma: no cover - an asyncpg without the private call
+    async for record in conn.cursor(sql, *(params or ()), prefetch=min(limit, 1000)):
+        rows.append(record)
+        if len(rows) == limit:
+            break
+    return rows
+
+
 def _export_format(value: str) -> str:
     if value not in ("parquet", "csv"):
         raise InvalidInputError("format is 'parquet' or 'csv'.")
@@ -437,7 +464,7 @@ def _inline_parameters(sql: str, literals: Sequence[str]) -> str:
     comments, which a regular expression cannot.
     """
     from sqlglot.dialects.postgres import Postgres
-    from sqlglot.tokens import TokenType
+    from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
     try:
         tokens = Postgres().tokenize(sql)
@@ -513,6 +540,9 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             },
             "min_size": self.config.pool_min_size,
             "max_size": self.config.pool_max_size,
+            # _end() rolls back and resets the session in one round trip; asyncpg's own
+            # reset would add a second one on every release.
+            "reset": _session_already_reset,
         }
         if params.get("sslmode"):
             kwargs["ssl"] = self._ssl(params["sslmode"], params.get("sslrootcert"))
@@ -647,20 +677,15 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     async def _run(
         self, sql: str, params: Sequence[Any] | None, limit: int, seconds: float
     ) -> tuple[list[QueryColumn], list[list[Any]], bool]:
-        rows: list[list[Any]] = []
-        truncated = False
         pool = self._require_pool()
         conn = await pool.acquire(timeout=self.config.connect_timeout)
         try:
             await self._begin(conn, seconds)
             attributes = await _describe(conn, sql)
             columns = [QueryColumn(name=name, type=type_name) for name, _, type_name in attributes]
-            cursor = conn.cursor(sql, *(params or ()), prefetch=min(limit + 1, 1000))
-            async for record in cursor:
-                if len(rows) == limit:
-                    truncated = True
-                    break
-                rows.append([_jsonable(v) for v in record])
+            records = await _fetch_at_most(conn, sql, params, limit + 1)
+            truncated = len(records) > limit
+            rows = [[_jsonable(v) for v in record] for record in records[:limit]]
         except BaseException:
             await self._end(conn)
             await pool.release(conn)
@@ -677,9 +702,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         await pool.release(conn)
 
     @staticmethod
-    async def _begin(
-        conn: Any, seconds: float, *, snapshot: bool = False, extra: str = ""
-    ) -> None:
+    async def _begin(conn: Any, seconds: float, *, snapshot: bool = False, extra: str = "") -> None:
         """Open the read-only transaction and set its limits, in one round trip."""
         ms = max(int(seconds * 1000), 1)
         isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
@@ -693,9 +716,14 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
 
     @staticmethod
     async def _end(conn: Any) -> None:
-        """Always roll back (a statement that ended the transaction itself leaves none)."""
+        """Always roll back, and undo what could outlive a transaction, in one round trip.
+
+        Session advisory locks, WITH HOLD cursors, LISTEN and session settings are what a
+        statement could leave behind with the parser switched off; ``RESET ALL`` returns
+        settings to the connection's start-up values (``default_transaction_read_only=on``).
+        """
         try:
-            await conn.execute("ROLLBACK")
+            await conn.execute(_END_SQL)
         except Exception:
             # The connection broke: make sure it is not lent again.
             await conn.close(timeout=2)
@@ -1208,7 +1236,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         progress: ProgressCallback | None,
     ) -> None:
         """COPY CSV from the server, parsed and written as Parquet by one worker thread."""
-        pipe = ChunkPipe(depth=8)
+        pipe = ChunkPipe(depth=4)
         loop = asyncio.get_running_loop()
         multiline = any(p.csv_type == pa.string() for p in plans)
         convert = loop.run_in_executor(
