@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
-from bench import azure_blob, foundation, postgres
+from bench import azure_blob, foundation, postgres, postgres_export
 
 if __name__ == "__main__":
-    which = set(sys.argv[1:]) or {"foundation", "azure_blob", "postgres"}
+    which = set(sys.argv[1:]) or {"foundation", "azure_blob", "postgres", "postgres_export"}
     if "foundation" in which:
         foundation.main()
     if "azure_blob" in which:
@@ -19,3 +19,7 @@ if __name__ == "__main__":
         if "DATASOURCES_TEST_POSTGRES_DSN" not in os.environ:
             sys.exit("postgres needs PostgreSQL: run it through 'make bench'")
         postgres.main()
+    if "postgres_export" in which:
+        if "DATASOURCES_TEST_POSTGRES_DSN" not in os.environ:
+            sys.exit("postgres_export needs PostgreSQL: run it through 'make bench'")
+        postgres_export.main()
