@@ -16,9 +16,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch node_modules/.installed
 
-## run: the main job on the embedded default (SQLite store and key file under DATASOURCES_HOME)
+## run: the service on the embedded default (SQLite store and key file under DATASOURCES_HOME),
+## with the sample folder registered and a fresh API key printed
 run: $(STAMP)
-	$(VENV)/bin/datasources demo
+	$(VENV)/bin/datasources serve --demo
 
 ## test: install, start PostgreSQL and Azurite, run the whole suite
 test: $(STAMP) node_modules/.installed

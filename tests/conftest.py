@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,29 @@ async def postgres_database(postgres_admin_dsn: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+def azurite() -> dict[str, str]:
+    connection_string = require_service("DATASOURCES_TEST_AZURITE_CONNECTION_STRING")
+    url = require_service("DATASOURCES_TEST_AZURITE_URL")
+    key = connection_string.split("AccountKey=", 1)[1].split(";", 1)[0]
+    return {"connection_string": connection_string, "url": url, "key": key}
+
+
+@pytest.fixture
+async def container(azurite: dict[str, str]) -> AsyncIterator[Any]:
+    """A fresh container, deleted afterwards; yields the SDK's ContainerClient."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    name = "t" + secrets.token_hex(8)
+    async with BlobServiceClient.from_connection_string(azurite["connection_string"]) as service:
+        client = service.get_container_client(name)
+        await client.create_container()
+        try:
+            yield client
+        finally:
+            await client.delete_container()
 
 
 @pytest.fixture

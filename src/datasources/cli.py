@@ -47,6 +47,7 @@ from datasources.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from datasources.keys import ApiKeys
 from datasources.models import DataItem, DataSourceConfig
 from datasources.registry import DataSourceRegistry
 from datasources.store import Store
@@ -65,8 +66,10 @@ app = typer.Typer(
 )
 sources_app = typer.Typer(help="Register and manage data sources.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Encryption keys and stored secrets.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of the HTTP service.", no_args_is_help=True)
 app.add_typer(sources_app, name="sources")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -605,6 +608,198 @@ class _Meter:
 
     def __call__(self, done: int, total: int | None) -> None:
         self.done = done
+
+
+# -- API keys and the service -------------------------------------------------------------
+
+
+async def _with_keys(state: State, action: Callable[[ApiKeys], Awaitable[T]]) -> T:
+    async with DataSourceRegistry.from_settings(state.settings()) as registry:
+        return await action(ApiKeys(registry.store))
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A label for the key (who or what uses it).")],
+    owner: Annotated[
+        str | None,
+        typer.Option(help="Share an existing owner's data sources (default: a new owner)."),
+    ] = None,
+) -> None:
+    """Create an API key and print it once: only its hash is stored."""
+    state = _state(ctx)
+    created = _run(_with_keys(state, lambda keys: keys.create(name, owner=owner)))
+    if state.json:
+        _emit_json(
+            {"id": created.id, "name": created.name, "owner": created.owner, "key": created.key}
+        )
+        return
+    out.print(f"Created key [cyan]{created.id}[/] ({created.name}) for owner {created.owner}.")
+    out.print("Store it now; it is not shown again:")
+    out.print(created.key, markup=False)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List API keys (ids, names, owners, state; never the keys)."""
+    state = _state(ctx)
+    keys = _run(_with_keys(state, lambda k: k.list_keys()))
+    rows = [
+        {
+            "id": k.id,
+            "name": k.name,
+            "owner": k.owner,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in keys
+    ]
+    if state.json:
+        _emit_json(rows)
+        return
+    table = Table("id", "name", "owner", "created", "state")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.name,
+            k.owner,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            "revoked" if k.revoked_at else "active",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key's id (or its name, if unique).")],
+) -> None:
+    """Revoke an API key: it stops working at once here, within seconds in other replicas."""
+    state = _state(ctx)
+    revoked = _run(_with_keys(state, lambda keys: keys.revoke(key)))
+    if state.json:
+        _emit_json({"id": revoked.id, "revoked": True})
+    else:
+        out.print(f"Revoked key {revoked.id} ({revoked.name}).")
+
+
+def _demo_source(settings: Settings) -> Path:
+    samples = settings.home / "demo" / "samples"
+    bundled = resources.files("datasources.demo") / "samples"
+    with resources.as_file(bundled) as bundled_path:
+        shutil.copytree(bundled_path, samples, dirs_exist_ok=True)
+    return samples
+
+
+async def _prepare_demo(settings: Settings) -> str:
+    """Register the sample folder and mint a fresh demo key (older demo keys are revoked)."""
+    samples = _demo_source(settings)
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        try:
+            await registry.get_data_source("samples")
+        except NotFoundError:
+            await registry.register_data_source(
+                DataSourceConfig(
+                    name="samples",
+                    type="local_folder",
+                    description="Sample CSV and Parquet files bundled with datasources",
+                    config={"root": str(samples)},
+                    read_only=True,
+                    tags=["demo"],
+                )
+            )
+        keys = ApiKeys(registry.store)
+        for old in await keys.list_keys(owner=settings.owner):
+            if old.name == "demo" and old.revoked_at is None:
+                await keys.revoke(old.id)
+        created = await keys.create("demo", owner=settings.owner)
+        return created.key
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
+    demo_mode: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Embedded default: register the sample folder, allow loopback sources and "
+            "print a fresh API key.",
+        ),
+    ] = False,
+) -> None:
+    """Run the HTTP service (FastAPI on uvicorn)."""
+    import uvicorn
+
+    state = _state(ctx)
+    settings = state.settings()
+    api = settings.api.model_copy(
+        update={
+            k: v
+            for k, v in {"host": host, "port": port, "workers": workers}.items()
+            if v is not None
+        }
+    )
+    settings = settings.model_copy(update={"api": api})
+    if demo_mode:
+        # The embedded default on one machine: sources on loopback (a local PostgreSQL,
+        # Azurite) and the sample folder are allowed; say so, since a shared service
+        # must not do this.
+        roots = [*settings.local_folder_roots, settings.home / "demo"]
+        settings = settings.model_copy(
+            update={"allow_private_networks": True, "local_folder_roots": roots}
+        )
+        key = _run(_prepare_demo(settings))
+        base = f"http://{api.host}:{api.port}"
+        out.print(
+            "[bold]datasources[/] — embedded default (SQLite store and key file in "
+            f"{settings.home}); loopback sources allowed."
+        )
+        out.print("API key (owner local, shown once):")
+        out.print(key, markup=False)
+        out.print("Try:", markup=False)
+        out.print(
+            f'  curl -H "Authorization: Bearer {key}" {base}/api/v1/datasources', markup=False
+        )
+        out.print(
+            f'  curl -H "Authorization: Bearer {key}" "{base}/api/v1/datasources/samples/items"',
+            markup=False,
+        )
+        out.print(f"  open {base}/docs", markup=False)
+    level = "debug" if state.verbose else settings.log_level.lower()
+    logging.getLogger("datasources.access").setLevel(logging.INFO)
+    if api.workers > 1:
+        # Each worker builds its own app from the environment: hand the settings over.
+        os.environ["DATASOURCES_HOME"] = str(settings.home)
+        os.environ["DATASOURCES_ALLOW_PRIVATE_NETWORKS"] = str(settings.allow_private_networks)
+        os.environ["DATASOURCES_LOCAL_FOLDER_ROOTS"] = ",".join(
+            str(r) for r in settings.local_folder_roots
+        )
+        uvicorn.run(
+            "datasources.api.app:create_app",
+            factory=True,
+            host=api.host,
+            port=api.port,
+            workers=api.workers,
+            log_config=None,
+            log_level=level,
+            access_log=False,
+        )
+        return
+    from datasources.api import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=api.host,
+        port=api.port,
+        log_config=None,
+        log_level=level,
+        access_log=False,
+    )
 
 
 @app.command("demo")

@@ -8,14 +8,18 @@ read from ``DATASOURCES_POOL__MAX_SIZE`` and the like.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from datasources.credentials import register_secret
 
-__all__ = ["PoolSettings", "Settings"]
+if TYPE_CHECKING:
+    from datasources.netpolicy import OutboundPolicy
+
+__all__ = ["ApiSettings", "PoolSettings", "Settings"]
 
 
 class PoolSettings(BaseModel):
@@ -34,6 +38,36 @@ class PoolSettings(BaseModel):
     check_after: float = Field(
         default=5.0, ge=0, description="Health-check a connector idle at least this long."
     )
+
+
+class ApiSettings(BaseModel):
+    """The HTTP service (``DATASOURCES_API__PORT`` and the like)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest JSON request body; 413 beyond."
+    )
+    max_upload_bytes: int = Field(
+        default=1024**3, ge=1024, description="Largest upload (streamed); 413 beyond."
+    )
+    rate_limit_per_minute: int = Field(
+        default=1200, ge=0, description="Requests per minute per API key; 0 turns it off."
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests allowed at once.")
+    default_page_size: int = Field(default=50, ge=1, le=1000)
+    max_page_size: int = Field(default=200, ge=1, le=10000)
+    key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a checked API key is trusted in memory."
+    )
+    access_log: bool = True
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def _default_home() -> Path:
@@ -70,7 +104,25 @@ class Settings(BaseSettings):
     )
     owner: str = Field(default="local", description="Owner of sources created by the CLI.")
     pool: PoolSettings = Field(default_factory=PoolSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     log_level: str = "WARNING"
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host patterns user sources may reach even at internal addresses.",
+    )
+    allow_private_networks: bool = Field(
+        default=False,
+        description="Let user sources reach loopback and private networks (embedded default).",
+    )
+    local_folder_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders under which users may register local-folder sources.",
+    )
+
+    @field_validator("allowed_hosts", "local_folder_roots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
 
     @field_validator("home", mode="after")
     @classmethod
@@ -99,6 +151,21 @@ class Settings(BaseSettings):
                     return "postgresql+asyncpg://" + url[len(prefix) :]
             return url
         return f"sqlite+aiosqlite:///{self.home / 'datasources.db'}"
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """The outbound-target policy the HTTP service applies to user sources."""
+        from datasources.netpolicy import OutboundPolicy
+
+        return OutboundPolicy(
+            allowed_hosts=self.allowed_hosts,
+            allow_private_networks=self.allow_private_networks,
+            local_folder_roots=self.local_folder_roots,
+        )
+
+    @property
+    def workspaces_dir(self) -> Path:
+        """Where chat workspaces live."""
+        return self.home / "workspaces"
 
     def key_list(self) -> list[str]:
         """Keys from ``DATASOURCES_SECRET_KEYS`` (empty when not set)."""

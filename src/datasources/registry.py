@@ -41,6 +41,7 @@ from datasources.errors import (
     UnknownDataSourceTypeError,
 )
 from datasources.models import ConnectionStatus, DataSourceConfig
+from datasources.netpolicy import OutboundPolicy
 from datasources.pool import ConnectionPool, PoolStats
 from datasources.store import Store, StoredSource
 
@@ -98,6 +99,7 @@ class _Shared:
     store: Store
     credentials: CredentialManager
     pool_settings: PoolSettings
+    outbound: OutboundPolicy | None = None
     classes: dict[str, type[BaseConnector[Any]]] = field(default_factory=dict)
     pools: dict[tuple[str, str], _CachedPool] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -150,6 +152,7 @@ class DataSourceRegistry:
         credentials: CredentialManager | None = None,
         owner: str = "local",
         pool_settings: PoolSettings | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         if credentials is None:
             # An in-memory store dies with the process, and so does this key.
@@ -158,12 +161,19 @@ class DataSourceRegistry:
             store=store or Store.memory(),
             credentials=credentials,
             pool_settings=pool_settings or PoolSettings(),
+            outbound=outbound,
         )
         self.owner = owner
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DataSourceRegistry:
-        """A persistent registry: the configured store, keys and pool limits."""
+    def from_settings(
+        cls, settings: Settings, *, enforce_outbound: bool = False
+    ) -> DataSourceRegistry:
+        """A persistent registry: the configured store, keys and pool limits.
+
+        ``enforce_outbound`` applies the settings' outbound-target policy (the HTTP
+        service does; the CLI, run by the operator, does not).
+        """
         keys = settings.key_list()
         credentials = (
             CredentialManager(keys)
@@ -177,6 +187,7 @@ class DataSourceRegistry:
             credentials=credentials,
             owner=settings.owner,
             pool_settings=settings.pool,
+            outbound=settings.outbound_policy() if enforce_outbound else None,
         )
 
     def scoped(self, owner: str) -> DataSourceRegistry:
@@ -193,6 +204,11 @@ class DataSourceRegistry:
     def store(self) -> Store:
         """The underlying store."""
         return self._shared.store
+
+    @property
+    def outbound(self) -> OutboundPolicy | None:
+        """The outbound-target policy sources are checked against (None: none)."""
+        return self._shared.outbound
 
     @property
     def credentials(self) -> CredentialManager:
@@ -302,6 +318,8 @@ class DataSourceRegistry:
     ) -> tuple[ConnectorConfig, dict[str, Any], dict[str, str]]:
         model = cls.validate_config(raw)
         await cls.check_config(model)
+        if self._shared.outbound is not None:
+            await cls.check_targets(model, self._shared.outbound)
         secrets = cls.secret_values(model)
         plain = model.model_dump(mode="json", exclude=set(cls.secret_fields), exclude_unset=True)
         return model, plain, secrets
@@ -497,7 +515,12 @@ class DataSourceRegistry:
         cls = self.connector_class(record.type)
         secrets = self._shared.credentials.decrypt_secrets(record.secrets)
         model = cls.validate_config({**record.config, **secrets})
-        return cls(model, source_id=record.id, read_only=record.read_only)
+        return cls(
+            model,
+            source_id=record.id,
+            read_only=record.read_only,
+            outbound=self._shared.outbound,
+        )
 
     def get_connector(self, ref: str) -> ConnectorLease:
         """Borrow a connector (``async with``) or get an owned one (``await``)."""

@@ -36,6 +36,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
+    ItemStream,
     ProgressCallback,
     check_page_limit,
     decode_cursor,
@@ -55,6 +56,7 @@ from datasources.errors import (
     UnavailableError,
 )
 from datasources.models import ConnectionStatus, DataItem, DataSourceType, ItemKind, Page
+from datasources.netpolicy import OutboundPolicy, policy_resolver
 from datasources.workspace import AtomicFile, Workspace, md5_from_base64, safe_relative_path
 
 __all__ = ["AzureBlobConfig", "AzureBlobConnector", "SasInfo", "parse_connection_string"]
@@ -176,6 +178,12 @@ class SasInfo:
     permissions: str
     resource: str | None
     resource_types: str | None
+
+    @classmethod
+    async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
+        assert isinstance(config, AzureBlobConfig)
+        endpoint = urlsplit(_resolve_target(config).account_url)
+        await policy.resolve(endpoint.hostname or "", endpoint.port or 443)
 
     @property
     def container_scoped(self) -> bool:
@@ -504,8 +512,15 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         target = _resolve_target(config)
         self._target = target
         self._sas_info = self._sas_of(config)
+        resolver = None
+        if self.outbound is not None:
+            # IP literals never reach a resolver: check the endpoint here; host names are
+            # checked by the resolver, answer by answer, right before aiohttp connects.
+            endpoint = urlsplit(target.account_url)
+            await self.outbound.resolve(endpoint.hostname or "", endpoint.port or 443)
+            resolver = policy_resolver(self.outbound)
         connector = aiohttp.TCPConnector(
-            limit=max(config.max_concurrency * 2, 16), ttl_dns_cache=300
+            limit=max(config.max_concurrency * 2, 16), ttl_dns_cache=300, resolver=resolver
         )
         # A 64 KiB read buffer (the default) pauses the socket every 128 KiB; big transfers
         # stream faster with room for a MiB per connection (memory stays bounded).
@@ -904,22 +919,9 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
                 ) as response:
                     if response.status == 412:
                         raise _Changed()
-                    if response.status in (401, 403):
-                        raise AuthenticationError(
-                            f"Azure rejected the {self._label} of source "
-                            f"{self.source_id!r} (download)."
-                        )
-                    if response.status == 404:
-                        raise NotFoundError(
-                            f"The blob disappeared from source {self.source_id!r} "
-                            "during the download."
-                        )
                     if response.status in _RETRYABLE_STATUS:
                         raise _Transient(f"HTTP {response.status}")
-                    if response.status not in (200, 206):
-                        raise DataSourceError(
-                            f"Azure Storage refused the download (HTTP {response.status})."
-                        )
+                    self._check_download(response.status)
                     position = start
                     async for piece in response.content.iter_chunked(_READ_PIECE):
                         if written + len(piece) > wanted:
@@ -944,6 +946,58 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
                         f"{self.source_id!r}."
                     ) from None
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0) * random.uniform(0.8, 1.2))
+
+    def _check_download(self, status: int) -> None:
+        """Raise the error a download's HTTP status means (412 and retries are the caller's)."""
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"Azure rejected the {self._label} of source {self.source_id!r} (download)."
+            )
+        if status == 404:
+            raise NotFoundError(
+                f"The blob disappeared from source {self.source_id!r} during the download."
+            )
+        if status == 412:
+            raise IntegrityError("The blob changed while it was being read; try again.")
+        if status not in (200, 206):
+            raise UnavailableError(f"Azure Storage refused the download (HTTP {status}).")
+
+    async def open_stream(self, path: str) -> ItemStream:
+        """One GET of the version just described (``If-Match``), passed on as it arrives."""
+        import aiohttp
+        from yarl import URL
+
+        name = self._blob_name(path)
+        item = await self.get_metadata(name)
+        if item.kind != ItemKind.FILE:
+            raise InvalidInputError(f"{path!r} is a folder, not a blob.")
+        query, headers = await self._auth()
+        if item.etag:
+            headers["If-Match"] = f'"{item.etag}"'
+        url = URL(self._blob_url(name, query), encoded=True)
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=min(self.config.timeout, 20.0), sock_read=self.config.timeout
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                async with self._session.get(url, headers=headers, timeout=timeout) as response:
+                    self._check_download(response.status)
+                    async for piece in response.content.iter_chunked(_READ_PIECE):
+                        sent += len(piece)
+                        yield piece
+            except (aiohttp.ClientError, OSError, builtins.TimeoutError):
+                raise UnavailableError(
+                    f"Azure Storage stopped answering while streaming from source "
+                    f"{self.source_id!r}."
+                ) from None
+            if item.size is not None and sent != item.size:
+                raise IntegrityError("Azure Storage sent a different size than it announced.")
+
+        return ItemStream(
+            item, chunks, item.content_type or "application/octet-stream", size=item.size
+        )
 
     async def fetch_data(
         self,

@@ -43,6 +43,7 @@ from datasources.models import (
     ItemKind,
     Page,
 )
+from datasources.netpolicy import OutboundPolicy
 from datasources.workspace import Workspace
 
 __all__ = [
@@ -188,6 +189,17 @@ def decode_cursor(cursor: str) -> str:
         raise InvalidInputError("The cursor is malformed; start the listing again.") from None
 
 
+@dataclass(frozen=True)
+class ItemStream:
+    """What :meth:`BaseConnector.open_stream` returns."""
+
+    item: DataItem
+    chunks: Callable[[], AsyncIterator[bytes]]
+    media_type: str = "application/octet-stream"
+    size: int | None = None
+    """The number of bytes the stream will yield, when known in advance."""
+
+
 class BaseConnector(ABC, Generic[ConfigT]):
     """The contract every data source connector implements.
 
@@ -209,6 +221,7 @@ class BaseConnector(ABC, Generic[ConfigT]):
         *,
         source_id: str = "adhoc",
         read_only: bool = False,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         model = config if isinstance(config, ConnectorConfig) else self.validate_config(config)
         if not isinstance(model, self.config_model):
@@ -216,6 +229,8 @@ class BaseConnector(ABC, Generic[ConfigT]):
         self.config: ConfigT = cast(ConfigT, model)
         self.source_id = source_id
         self.read_only = read_only
+        self.outbound = outbound
+        """The outbound-target policy to connect under (None: the caller is trusted)."""
         self._connected = False
 
     def __repr__(self) -> str:
@@ -237,6 +252,15 @@ class BaseConnector(ABC, Generic[ConfigT]):
     @classmethod
     async def check_config(cls, config: ConnectorConfig) -> None:
         """Registration-time checks beyond the model (e.g. that a folder exists)."""
+
+    @classmethod
+    async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
+        """Refuse a config whose hosts or folders ``policy`` does not allow.
+
+        Connectors that reach a network host or a local folder override this; the
+        registry calls it when a source is registered or changed under a policy, and
+        :attr:`outbound` holds the policy while the connector connects.
+        """
 
     @classmethod
     def secret_values(cls, config: ConnectorConfig) -> dict[str, str]:
@@ -352,6 +376,14 @@ class BaseConnector(ABC, Generic[ConfigT]):
         progress: ProgressCallback | None = None,
     ) -> Path:
         """Stream one item into the workspace (atomic, verified, with provenance)."""
+
+    async def open_stream(self, path: str) -> ItemStream:
+        """An item's metadata and its bytes as a stream, for sending on (an HTTP download).
+
+        Errors about the item (missing, a folder, unreadable) are raised here, before any
+        byte moves; the bytes flow only when :attr:`ItemStream.chunks` is iterated.
+        """
+        raise InvalidInputError(f"Items of {self.type} sources cannot be streamed.")
 
     async def fetch_prefix(
         self,

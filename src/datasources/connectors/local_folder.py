@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
+    ItemStream,
     ListingQuery,
     ProgressCallback,
     listing_query,
@@ -38,6 +39,7 @@ from datasources.errors import (
     UnsafePathError,
 )
 from datasources.models import ConnectionStatus, DataItem, DataSourceType, ItemKind
+from datasources.netpolicy import OutboundPolicy
 from datasources.workspace import AtomicFile, Workspace, resolve_inside, safe_relative_path
 
 __all__ = ["LocalFolderConfig", "LocalFolderConnector"]
@@ -124,12 +126,19 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
                 prefix="Invalid local_folder configuration",
             )
 
+    @classmethod
+    async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
+        assert isinstance(config, LocalFolderConfig)
+        policy.check_folder(config.root)
+
     @property
     def root(self) -> Path:
         """The resolved root folder."""
         return self.config.root.resolve()
 
     async def connect(self) -> None:
+        if self.outbound is not None:
+            self.outbound.check_folder(self.config.root)
         if not await asyncio.to_thread(self.config.root.is_dir):
             raise UnavailableError(f"The folder of source {self.source_id!r} does not exist.")
         self._connected = True
@@ -291,18 +300,11 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
 
     # -- transfer ----------------------------------------------------------------------
 
-    async def fetch_data(
-        self,
-        path: str,
-        workspace_dir: Path | str | Workspace,
-        *,
-        progress: ProgressCallback | None = None,
-    ) -> Path:
+    async def open_stream(self, path: str) -> ItemStream:
         resolved, st = await asyncio.to_thread(self._stat, path)
         if not stat.S_ISREG(st.st_mode):
             raise InvalidInputError(f"{path!r} is a folder, not a file.")
         rel = safe_relative_path(path, allow_reserved=True).as_posix()
-        item = _file_item(rel, st)
         chunk_size = self.config.chunk_size
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -313,8 +315,25 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
             finally:
                 os.close(fd)
 
+        item = _file_item(rel, st)
+        return ItemStream(
+            item, chunks, item.content_type or "application/octet-stream", size=item.size
+        )
+
+    async def fetch_data(
+        self,
+        path: str,
+        workspace_dir: Path | str | Workspace,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        stream = await self.open_stream(path)
         return await self.stream_into_workspace(
-            rel, workspace_dir, item=item, chunks=chunks, progress=progress
+            stream.item.path,
+            workspace_dir,
+            item=stream.item,
+            chunks=stream.chunks,
+            progress=progress,
         )
 
     def _exists_error(self, rel: str) -> AlreadyExistsError:

@@ -39,11 +39,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
+    ItemStream,
     ProgressCallback,
     listing_query,
 )
@@ -67,6 +68,19 @@ from datasources.errors import (
     UnavailableError,
 )
 from datasources.models import ConnectionStatus, DataItem, DataSourceType, ItemKind
+from datasources.netpolicy import OutboundPolicy
+from datasources.query_models import (
+    ColumnInfo,
+    ColumnProfile,
+    ConstraintInfo,
+    IndexInfo,
+    QueryColumn,
+    QueryResult,
+    SchemaInfo,
+    TableInfo,
+    TableProfile,
+    ValueCount,
+)
 from datasources.sql_guard import ReadOnlyViolation, check_read_only
 from datasources.workspace import AsyncAtomicWriter, Workspace
 
@@ -195,108 +209,6 @@ class PostgreSQLConfig(ConnectorConfig):
             if not params.get(needed):
                 raise _config_error("dsn", f"does not name a {needed}")
         return params
-
-
-class QueryColumn(BaseModel):
-    """A result column: its name and PostgreSQL type."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    type: str
-
-
-class QueryResult(BaseModel):
-    """Rows as JSON-safe values, capped at ``max_rows`` (``truncated`` says so)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    columns: list[QueryColumn]
-    rows: list[list[Any]]
-    row_count: int
-    truncated: bool
-    elapsed_ms: float
-
-
-class ColumnInfo(BaseModel):
-    """One column of a table or view."""
-
-    name: str
-    type: str
-    nullable: bool
-    default: str | None = None
-    comment: str | None = None
-    ordinal: int
-
-
-class ConstraintInfo(BaseModel):
-    """A primary key, unique constraint or foreign key."""
-
-    name: str
-    kind: Literal["primary_key", "unique", "foreign_key"]
-    columns: list[str]
-    references: str | None = None
-    referenced_columns: list[str] = Field(default_factory=list)
-
-
-class IndexInfo(BaseModel):
-    """An index, with its definition."""
-
-    name: str
-    unique: bool
-    definition: str
-
-
-class TableInfo(BaseModel):
-    """A table, view, materialized view or foreign table."""
-
-    schema_name: str
-    name: str
-    kind: Literal["table", "view", "materialized_view", "foreign_table", "partitioned_table"]
-    estimated_rows: int
-    bytes: int
-    comment: str | None = None
-    columns: list[ColumnInfo] = Field(default_factory=list)
-    constraints: list[ConstraintInfo] = Field(default_factory=list)
-    indexes: list[IndexInfo] = Field(default_factory=list)
-
-
-class SchemaInfo(BaseModel):
-    """What a database holds, from a handful of catalog queries (never one per table)."""
-
-    schemas: list[str]
-    tables: list[TableInfo]
-    inspected_at: float
-    elapsed_ms: float
-
-
-class ValueCount(BaseModel):
-    """A frequent value and how often it appears (a fraction of rows)."""
-
-    value: Any
-    fraction: float
-
-
-class ColumnProfile(BaseModel):
-    """A column summary that is safe to hand to a language model instead of rows."""
-
-    name: str
-    type: str
-    null_fraction: float | None = None
-    distinct_estimate: int | None = None
-    min: Any = None
-    max: Any = None
-    top_values: list[ValueCount] = Field(default_factory=list)
-
-
-class TableProfile(BaseModel):
-    """Per-column statistics of a table or a query, from pg_stats or a sample."""
-
-    subject: str
-    method: Literal["pg_stats", "sample"]
-    estimated_rows: int | None = None
-    sampled_rows: int | None = None
-    columns: list[ColumnProfile]
 
 
 _ORDERABLE = {
@@ -520,6 +432,12 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         assert isinstance(config, PostgreSQLConfig)
         config.connection_params()  # refuses disallowed DSN parameters, naming them
 
+    @classmethod
+    async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
+        assert isinstance(config, PostgreSQLConfig)
+        params = config.connection_params()
+        await policy.resolve(params["host"], int(params.get("port", "5432")))
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -527,8 +445,15 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             return
 
         params = self.config.connection_params()
+        host = params["host"]
+        if self.outbound is not None:
+            # Connect to the address that was checked, not to a second DNS answer; a
+            # verify-full TLS check needs the name itself, so there the name is kept.
+            addresses = await self.outbound.resolve(host, int(params.get("port", "5432")))
+            if params.get("sslmode") != "verify-full":
+                host = addresses[0]
         kwargs: dict[str, Any] = {
-            "host": params["host"],
+            "host": host,
             "port": int(params.get("port", "5432")),
             "user": params["user"],
             "database": params["dbname"],
@@ -1094,6 +1019,51 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             progress=progress,
             provenance=self.provenance(path, item, {"query": f"TABLE {schema}.{table}"}),
         )
+
+    async def open_stream(self, path: str) -> ItemStream:
+        """A table or view as CSV (with a header), streamed from COPY as it is produced."""
+        schema, table = self._split_table(path)
+        item, _ = await self._describe_table(path)
+        query = f"SELECT * FROM {_ident(schema)}.{_ident(table)}"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
+
+            async def produce() -> None:
+                try:
+                    with self._errors("export"):
+                        async with self._require_pool().acquire(
+                            timeout=self.config.connect_timeout
+                        ) as conn:
+                            await self._begin(
+                                conn,
+                                self.config.statement_timeout,
+                                snapshot=True,
+                                extra=EXPORT_SETTINGS,
+                            )
+                            try:
+                                await conn.copy_from_query(
+                                    query, output=queue.put, format="csv", header=True
+                                )
+                            finally:
+                                await self._end(conn)
+                except Exception as exc:
+                    await queue.put(exc)
+                    return
+                await queue.put(None)
+
+            producer = asyncio.create_task(produce())
+            try:
+                while (chunk := await queue.get()) is not None:
+                    if isinstance(chunk, BaseException):
+                        raise chunk
+                    yield chunk
+            finally:
+                producer.cancel()
+                with contextlib.suppress(BaseException):
+                    await producer
+
+        return ItemStream(item, chunks, "text/csv; charset=utf-8")
 
     async def export_query(
         self,

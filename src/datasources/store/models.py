@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Index, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DataSourceRow"]
+__all__ = ["ApiKeyRow", "Base", "DataSourceRow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -48,3 +48,20 @@ class DataSourceRow(Base):
 
     def __repr__(self) -> str:  # never the secrets, not even as tokens
         return f"DataSourceRow(owner={self.owner!r}, id={self.id!r}, type={self.type!r})"
+
+
+class ApiKeyRow(Base):
+    """One API key of the HTTP service: only a SHA-256 of its secret part is kept."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_owner", "owner"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(128))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def __repr__(self) -> str:  # the hash is not a secret, but it has no business in logs
+        return f"ApiKeyRow(id={self.id!r}, name={self.name!r}, owner={self.owner!r})"

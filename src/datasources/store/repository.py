@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import fcntl
 import logging
 import os
@@ -24,9 +25,9 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
-from datasources.store.models import Base, DataSourceRow
+from datasources.store.models import ApiKeyRow, Base, DataSourceRow
 
-__all__ = ["Store", "StoredSource"]
+__all__ = ["Store", "StoredApiKey", "StoredSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,29 @@ class StoredSource:
     def with_changes(self, **changes: Any) -> StoredSource:
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StoredApiKey:
+    """An API key as stored: its public id, name, owner and the hash of its secret."""
+
+    id: str
+    name: str
+    owner: str
+    secret_hash: str = field(repr=False)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    revoked_at: datetime | None = None
+
+
+def _key_record(row: ApiKeyRow) -> StoredApiKey:
+    return StoredApiKey(
+        id=row.id,
+        name=row.name,
+        owner=row.owner,
+        secret_hash=row.secret_hash,
+        created_at=_aware(row.created_at),
+        revoked_at=_aware(row.revoked_at) if row.revoked_at is not None else None,
+    )
 
 
 def _aware(value: datetime) -> datetime:
@@ -303,3 +327,49 @@ class Store:
                 row.secrets = transform(_to_record(row))
                 changed += 1
         return changed
+
+    # -- API keys --------------------------------------------------------------------
+
+    async def add_api_key(self, key: StoredApiKey) -> StoredApiKey:
+        """Insert a key (ids are random; a clash is an error, never an overwrite)."""
+        try:
+            async with self._session() as session, session.begin():
+                session.add(ApiKeyRow(**asdict(key)))
+        except sa_exc.IntegrityError:
+            raise AlreadyExistsError(f"An API key with id {key.id!r} already exists.") from None
+        return key
+
+    async def get_api_key(self, key_id: str) -> StoredApiKey | None:
+        """One key by id, revoked or not."""
+        async with self._session() as session:
+            row = await session.get(ApiKeyRow, key_id)
+            return _key_record(row) if row is not None else None
+
+    async def list_api_keys(self, owner: str | None = None) -> builtins.list[StoredApiKey]:
+        """Every key (or one owner's), oldest first."""
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+        if owner is not None:
+            query = query.where(ApiKeyRow.owner == owner)
+        async with self._session() as session:
+            result = await session.execute(query)
+            return [_key_record(r) for r in result.scalars()]
+
+    async def owner_exists(self, owner: str) -> bool:
+        """Whether any key (revoked or not) or data source belongs to ``owner``."""
+        async with self._session() as session:
+            for model in (ApiKeyRow, DataSourceRow):
+                result = await session.execute(
+                    select(model.owner).where(model.owner == owner).limit(1)
+                )
+                if result.first() is not None:
+                    return True
+        return False
+
+    async def revoke_api_key(self, key_id: str, when: datetime) -> bool:
+        """Mark a key revoked; whether it existed and was active."""
+        async with self._session() as session, session.begin():
+            row = await session.get(ApiKeyRow, key_id, with_for_update=True)
+            if row is None or row.revoked_at is not None:
+                return False
+            row.revoked_at = when
+            return True

@@ -1,0 +1,90 @@
+"""``create_app(settings)``: the FastAPI application, built per call (no import-time state).
+
+The lifespan opens the registry (store, migrations) and closes every pool on shutdown.
+``DataSourceRegistry`` and :class:`~datasources.keys.ApiKeys` are the same core the CLI
+and the library use; the routes are a thin view over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from datasources import __version__
+from datasources.api.errors import install_error_handlers
+from datasources.api.middleware import RequestContextMiddleware
+from datasources.api.routes import datasources, health
+from datasources.api.security import RateLimiter
+from datasources.config import Settings
+from datasources.credentials import install_log_redaction
+from datasources.keys import ApiKeys
+from datasources.registry import DataSourceRegistry
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Uniform, safe access to external data for an AI data-analysis assistant.
+
+Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <API key>`
+(create one with `datasources keys create NAME`). Each key acts for one owner and sees
+only that owner's data sources: another owner's id answers exactly like a missing one.
+Errors are RFC 9457 `application/problem+json` documents with a stable `code`.
+"""
+
+
+def create_app(
+    settings: Settings | None = None, *, registry: DataSourceRegistry | None = None
+) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: Everything configurable; default read from the environment.
+        registry: Use this registry (tests, embedding); it is opened, and closed on
+            shutdown only if the app created it. By default one is built from
+            ``settings`` with the outbound-target policy enforced.
+    """
+    settings = settings or Settings()
+    install_log_redaction()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = registry is None
+        current = registry or DataSourceRegistry.from_settings(settings, enforce_outbound=True)
+        await current.open()
+        app.state.registry = current
+        app.state.keys = ApiKeys(current.store, cache_seconds=settings.api.key_cache_seconds)
+        try:
+            yield
+        finally:
+            if own:
+                await current.close()
+
+    app = FastAPI(
+        title="datasources",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "data sources", "description": "Register sources and reach their data."},
+            {"name": "health", "description": "Liveness and readiness, without auth."},
+        ],
+    )
+    app.state.settings = settings
+    app.state.limiter = RateLimiter(
+        settings.api.rate_limit_per_minute, settings.api.rate_limit_burst
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(datasources.build_router(settings.api))
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.api.max_body_bytes,
+        max_upload_bytes=settings.api.max_upload_bytes,
+        access_log=settings.api.access_log,
+    )
+    return app
