@@ -393,6 +393,12 @@ class DataSourceRegistry:
             raise ConfigurationError.from_fields(
                 [(name, "cannot be changed") for name in sorted(unknown)], prefix="Invalid update"
             )
+        # null for a whole field means "leave it", as if it were not sent.
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not isinstance(changes.get("tags", []), list | tuple):
+            raise ConfigurationError.from_fields(
+                [("tags", "must be a list of strings")], prefix="Invalid update"
+            )
         record = await self._resolve(ref)
         cls = self.connector_class(record.type)
         credentials = self._shared.credentials

@@ -41,7 +41,10 @@ class DataSourceCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=200)
-    type: str = Field(min_length=1, max_length=64, description="e.g. local_folder, azure_blob.")
+    type: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="The connector type: local_folder, azure_blob, postgresql or a plugin's.",
+    )
     config: dict[str, Any] = Field(default_factory=dict, description="The connector's settings.")
     description: str = Field(default="", max_length=2000)
     read_only: bool = False

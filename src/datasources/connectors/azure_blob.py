@@ -179,12 +179,6 @@ class SasInfo:
     resource: str | None
     resource_types: str | None
 
-    @classmethod
-    async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
-        assert isinstance(config, AzureBlobConfig)
-        endpoint = urlsplit(_resolve_target(config).account_url)
-        await policy.resolve(endpoint.hostname or "", endpoint.port or 443)
-
     @property
     def container_scoped(self) -> bool:
         """A service SAS for one container (or blob): account-level calls would 403."""
@@ -479,6 +473,12 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
             "container_sas_url": "container_sas_url",
         }.get(target.mode, "sas_token")
         return SasInfo.parse(target.sas, field=field)
+
+    @classmethod
+    async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
+        assert isinstance(config, AzureBlobConfig)
+        endpoint = urlsplit(_resolve_target(config).account_url)
+        await policy.resolve(endpoint.hostname or "", endpoint.port or 443)
 
     @classmethod
     async def check_config(cls, config: ConnectorConfig) -> None:
@@ -1184,6 +1184,8 @@ def _parse_listing(body: bytes) -> tuple[list[DataItem], str | None]:
             )
         )
     next_marker = root.findtext("NextMarker") or None
+    # Azurite sends a page's BlobPrefix entries before its blobs; the contract is path order.
+    items.sort(key=lambda item: item.path)
     return items, next_marker
 
 

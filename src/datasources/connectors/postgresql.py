@@ -1042,8 +1042,12 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                                 extra=EXPORT_SETTINGS,
                             )
                             try:
+
+                                async def put(data: bytes) -> None:
+                                    await queue.put(bytes(data))
+
                                 await conn.copy_from_query(
-                                    query, output=queue.put, format="csv", header=True
+                                    query, output=put, format="csv", header=True
                                 )
                             finally:
                                 await self._end(conn)

@@ -45,6 +45,7 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 COMMON: dict[int | str, dict[str, Any]] = {
+    400: _problem("The request can never succeed as sent (bad cursor, path, SQL…)."),
     401: _problem("No API key, or not a valid one."),
     413: _problem("The request body is too large."),
     422: _problem("The request does not match the schema."),
@@ -57,7 +58,6 @@ SOURCE: dict[int | str, dict[str, Any]] = {
 }
 REMOTE: dict[int | str, dict[str, Any]] = {
     **SOURCE,
-    400: _problem("The request can never succeed as sent (bad path, cursor, SQL…)."),
     403: _problem("Not allowed (read-only source, refused target, missing permission)."),
     424: _problem("The data source rejected its stored credentials."),
     503: _problem("The data source cannot be reached."),
