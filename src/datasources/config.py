@@ -38,6 +38,12 @@ class PoolSettings(BaseModel):
     check_after: float = Field(
         default=5.0, ge=0, description="Health-check a connector idle at least this long."
     )
+    listing_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long an owner's source listing is served from memory; writes in "
+        "this process clear it at once, other replicas' writes show within this time.",
+    )
 
 
 class ApiSettings(BaseModel):

@@ -19,8 +19,10 @@ a connected connector outside the pool that the caller must ``disconnect()``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import importlib
 import logging
+import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +50,9 @@ from datasources.store import Store, StoredSource
 __all__ = ["ENTRY_POINT_GROUP", "ConnectorLease", "DataSourceRegistry"]
 
 logger = logging.getLogger(__name__)
+
+_LISTING_CACHE_MAX = 1000
+"""Owners with more sources than this are listed from the store every time."""
 
 ENTRY_POINT_GROUP = "datasources.connectors"
 
@@ -93,6 +98,20 @@ class _CachedPool:
 
 
 @dataclass
+class _Listing:
+    """One owner's sources as cached: models and their JSON documents, in id order."""
+
+    expires: float
+    ids: list[str]
+    sources: list[DataSourceConfig]
+    documents: list[bytes]
+
+    def window(self, limit: int | None, after: str | None) -> tuple[int, int]:
+        start = bisect.bisect_right(self.ids, after) if after is not None else 0
+        return start, len(self.ids) if limit is None else start + limit
+
+
+@dataclass
 class _Shared:
     """State shared by a registry and its owner-scoped views."""
 
@@ -102,6 +121,9 @@ class _Shared:
     outbound: OutboundPolicy | None = None
     classes: dict[str, type[BaseConnector[Any]]] = field(default_factory=dict)
     pools: dict[tuple[str, str], _CachedPool] = field(default_factory=dict)
+    listings: dict[str, _Listing] = field(default_factory=dict)
+    refreshing: dict[str, asyncio.Future[_Listing | None]] = field(default_factory=dict)
+    generations: dict[str, int] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     opened: bool = False
     closed: bool = False
@@ -361,16 +383,102 @@ class DataSourceRegistry:
             updated_at=now,
         )
         await store.add(record)
+        self._forget_listing()
         logger.info("Registered data source %r (type %s).", record.id, record.type)
         return self._public(record)
 
     async def list_data_sources(
         self, *, limit: int | None = None, after: str | None = None
     ) -> list[DataSourceConfig]:
-        """This owner's sources in id order, secrets masked (keyset pagination by id)."""
+        """This owner's sources in id order, secrets masked (keyset pagination by id).
+
+        An owner's listing is kept in memory for ``pool_settings.listing_cache_seconds``:
+        writes through this process clear it at once; another replica's writes show
+        within that many seconds.
+        """
+        listing = await self._listing()
+        if listing is None:
+            records = await self._shared.store.list(self.owner, limit=limit, after_id=after)
+            return [self._public(r) for r in records]
+        start, end = listing.window(limit, after)
+        # Copies, so a caller that edits one cannot change what the next caller gets.
+        return [
+            s.model_copy(update={"config": dict(s.config), "tags": list(s.tags)})
+            for s in listing.sources[start:end]
+        ]
+
+    async def list_data_sources_json(self, *, limit: int, after: str | None = None) -> list[bytes]:
+        """The same page as :meth:`list_data_sources`, each source as its JSON document.
+
+        For servers that pass listings on: the documents are serialised once per cached
+        listing, not once per request.
+        """
+        listing = await self._listing()
+        if listing is None:
+            return [
+                s.model_dump_json().encode()
+                for s in await self.list_data_sources(limit=limit, after=after)
+            ]
+        start, end = listing.window(limit, after)
+        return listing.documents[start:end]
+
+    async def _listing(self) -> _Listing | None:
+        """The owner's cached listing; None when listings are not cached.
+
+        One refresh runs at a time per owner. While it runs, requests keep the listing
+        that just expired (stale by at most one refresh), so a busy service never sends
+        every waiting request to the store at once. After a write through this process
+        nothing stale is served: the write drops the listing and any refresh in flight.
+        """
         await self.open()
-        records = await self._shared.store.list(self.owner, limit=limit, after_id=after)
-        return [self._public(r) for r in records]
+        shared = self._shared
+        if shared.pool_settings.listing_cache_seconds <= 0:
+            return None
+        cached = shared.listings.get(self.owner)
+        if cached is not None and cached.expires > time.monotonic():
+            return cached
+        task = shared.refreshing.get(self.owner)
+        if task is None:
+            task = asyncio.ensure_future(self._refresh_listing())
+            shared.refreshing[self.owner] = task
+            owner = self.owner
+
+            def done(finished: asyncio.Future[_Listing | None]) -> None:
+                if shared.refreshing.get(owner) is finished:
+                    del shared.refreshing[owner]
+                if not finished.cancelled() and finished.exception() is not None:
+                    logger.info("Refreshing the listing of %r failed.", owner)
+
+            task.add_done_callback(done)
+        if cached is not None:
+            return cached
+        return await asyncio.shield(task)
+
+    async def _refresh_listing(self) -> _Listing | None:
+        shared = self._shared
+        generation = shared.generations.get(self.owner, 0)
+        records = await shared.store.list(self.owner, limit=_LISTING_CACHE_MAX + 1)
+        if len(records) > _LISTING_CACHE_MAX:
+            shared.listings.pop(self.owner, None)
+            return None
+        sources = [self._public(r) for r in records]
+        listing = _Listing(
+            expires=time.monotonic() + shared.pool_settings.listing_cache_seconds,
+            ids=[s.id for s in sources],
+            sources=sources,
+            documents=[s.model_dump_json().encode() for s in sources],
+        )
+        if shared.generations.get(self.owner, 0) == generation:  # no write meanwhile
+            if len(shared.listings) > 10_000:
+                shared.listings.clear()
+            shared.listings[self.owner] = listing
+        return listing
+
+    def _forget_listing(self) -> None:
+        shared = self._shared
+        shared.listings.pop(self.owner, None)
+        shared.refreshing.pop(self.owner, None)  # a refresh begun before the write is stale
+        shared.generations[self.owner] = shared.generations.get(self.owner, 0) + 1
 
     async def get_data_source(self, ref: str, sanitize: bool = True) -> DataSourceConfig:
         """One source by id or name; ``sanitize=False`` decrypts its secrets."""
@@ -468,6 +576,7 @@ class DataSourceRegistry:
             if other is not None and other.id != record.id:
                 raise AlreadyExistsError(f"A data source named {updated.name!r} already exists.")
         await self._shared.store.update(updated)
+        self._forget_listing()
         await self._drop_pool(record.id)
         return self._public(updated)
 
@@ -476,6 +585,7 @@ class DataSourceRegistry:
         record = await self._resolve(ref)
         await self._drop_pool(record.id)
         await self._shared.store.delete(self.owner, record.id)
+        self._forget_listing()
         logger.info("Removed data source %r.", record.id)
 
     async def test_data_source(self, ref: str) -> ConnectionStatus:

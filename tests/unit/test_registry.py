@@ -281,3 +281,39 @@ async def test_entry_point_plugins_and_missing_dependencies(
             registry.connector_class("not_a_connector")
         with pytest.raises(ConfigurationError):
             registry.register_connector_class("x", object)  # type: ignore[arg-type]
+
+
+async def test_listing_cache_is_fresh_after_local_writes_and_bounded_for_others(
+    tmp_path: Path, folder: Path
+) -> None:
+    """Two registries on one store stand for two replicas."""
+    import asyncio
+
+    from datasources.config import PoolSettings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    key = CredentialManager.ephemeral()
+    settings = PoolSettings(listing_cache_seconds=0.3)
+    here = DataSourceRegistry(store=Store(url), credentials=key, pool_settings=settings)
+    there = DataSourceRegistry(store=Store(url), credentials=key, pool_settings=settings)
+    async with here, there:
+        assert await here.list_data_sources() == []
+        await here.register_data_source({"name": "a", "type": "local_folder",
+                                         "config": {"root": str(folder)}})  # fmt: skip
+        assert [s.id for s in await here.list_data_sources()] == ["a"]  # own write: at once
+        assert [s.id for s in await there.list_data_sources()] == ["a"]
+        await here.register_data_source({"name": "b", "type": "local_folder",
+                                         "config": {"root": str(folder)}})  # fmt: skip
+        await asyncio.sleep(0.35)
+        first = [s.id for s in await there.list_data_sources()]  # may serve the stale page
+        await asyncio.sleep(0.05)
+        assert [s.id for s in await there.list_data_sources()] == ["a", "b"], first
+        page = await here.list_data_sources(limit=1, after="a")
+        assert [s.id for s in page] == ["b"]
+        page[0].config["root"] = "/elsewhere"  # a caller editing its copy...
+        again = await here.list_data_sources(limit=1, after="a")
+        assert again[0].config["root"] == str(folder)  # ...does not change the cache
+        documents = await here.list_data_sources_json(limit=5)
+        assert [d.startswith(b"{") for d in documents] == [True, True]
+        await here.remove_data_source("a")
+        assert [s.id for s in await here.list_data_sources()] == ["b"]

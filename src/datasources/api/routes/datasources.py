@@ -10,6 +10,7 @@ exceptions and turned into problem+json in :mod:`datasources.api.errors`.
 
 import asyncio
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -108,13 +109,24 @@ def build_router(api: ApiSettings) -> APIRouter:
         registry: OwnerRegistry,
         limit: PageSize = None,
         cursor: Annotated[str | None, Query(max_length=1000)] = None,
-    ) -> DataSourceList:
+    ) -> Response:
         size = limit or api.default_page_size
         after = decode_cursor(cursor) if cursor else None
-        sources = await registry.list_data_sources(limit=size + 1, after=after)
-        page = sources[:size]
-        next_cursor = encode_cursor(page[-1].id) if len(sources) > size else None
-        return DataSourceList(items=[DataSourceOut.of(s) for s in page], next_cursor=next_cursor)
+        # The registry keeps each source's public JSON document with its cached listing;
+        # the page is those documents joined, not models serialised again per request.
+        documents = await registry.list_data_sources_json(limit=size + 1, after=after)
+        page = documents[:size]
+        next_cursor = None
+        if len(documents) > size:
+            next_cursor = encode_cursor(json.loads(page[-1])["id"])
+        body = (
+            b'{"items":['
+            + b",".join(page)
+            + b'],"next_cursor":'
+            + json.dumps(next_cursor).encode()
+            + b"}"
+        )
+        return Response(body, media_type="application/json")
 
     @router.get(
         "/{source_id}", response_model=DataSourceOut, summary="Get a data source", responses=SOURCE
