@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
-from bench import azure_blob, foundation, postgres, postgres_export
+from bench import api, azure_blob, foundation, postgres, postgres_export
 
 if __name__ == "__main__":
-    which = set(sys.argv[1:]) or {"foundation", "azure_blob", "postgres", "postgres_export"}
+    which = set(sys.argv[1:]) or {"foundation", "azure_blob", "postgres", "postgres_export", "api"}
     if "foundation" in which:
         foundation.main()
     if "azure_blob" in which:
@@ -23,3 +23,5 @@ if __name__ == "__main__":
         if "DATASOURCES_TEST_POSTGRES_DSN" not in os.environ:
             sys.exit("postgres_export needs PostgreSQL: run it through 'make bench'")
         postgres_export.main()
+    if "api" in which:
+        api.main()

@@ -224,7 +224,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     ours_r = results["ours"]
-    met = ours_r["rps"] >= 0.5 * bare_rps and ours_r["p99_ms"] <= 25
+    ratio_met = ours_r["rps"] >= 0.5 * bare_rps
+    p99_met = ours_r["p99_ms"] <= 25
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     update_section(
         "api",
@@ -233,12 +234,20 @@ def main() -> None:
         f"generator (aiohttp, {CONNECTIONS} keep-alive connections, {SECONDS:.0f} s after a 2 s "
         f"warm-up) in another process on the same two cores; written "
         f"{time.strftime('%Y-%m-%d')}.\n\n{table}\n\n"
-        "Target: the authenticated listing at least 0.5x the bare app's requests/s with p99 "
-        f"at most 25 ms at {CONNECTIONS} connections — "
-        f"{'**met**' if met else '**missed**'}. Ours runs, per request: the request-id and "
-        "body-limit middleware, the API-key check (a SHA-256 and a 5-second in-memory cache "
-        "of checked keys), the rate limiter, one owner-scoped SQLite query for the page, "
-        "masking, and a JSON access-log line.\n",
+        "Targets, at {c} connections: the authenticated listing at least 0.5x the bare app's "
+        "requests/s ({r}) and p99 at most 25 ms ({p}). Per request ours runs the request-id "
+        "and body-limit middleware, the API-key check (SHA-256, then a 5-second in-memory "
+        "cache of checked keys), the rate limiter, the owner-scoped listing (cached for 1 s "
+        "with each source's JSON document; one refresh at a time, so a busy service never "
+        "sends every waiting request to the store at once) and a redacted JSON access-log "
+        "line. What the ratio leaves for p99: with {c} requests in flight a server answers "
+        "each one after about {c} / (requests/s) seconds (Little's law), so p99 follows "
+        "throughput; the bare app, at its own p99 next to 25 ms on these two cores shared "
+        "with the load generator, shows where that bound sits here.\n".format(
+            c=CONNECTIONS,
+            r="met" if ratio_met else "**missed**",
+            p="met" if p99_met else "**missed**",
+        ),
     )
 
 

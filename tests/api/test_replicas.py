@@ -1,0 +1,58 @@
+"""Two app instances on one PostgreSQL store: what several replicas behind a balancer see."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from datasources.api import create_app
+from datasources.config import ApiSettings, PoolSettings, Settings
+from datasources.credentials import generate_key
+
+pytestmark = [pytest.mark.api, pytest.mark.integration]
+
+SOURCES = "/api/v1/datasources"
+
+
+async def test_replicas_share_keys_sources_and_revocations(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    secret_key = generate_key()
+
+    def settings(name: str) -> Settings:
+        return Settings(
+            home=tmp_path / name,
+            database_url=postgres_database,
+            secret_keys=secret_key,
+            local_folder_roots=[tmp_path / "data"],
+            pool=PoolSettings(listing_cache_seconds=0.2),
+            api=ApiSettings(rate_limit_per_minute=0, key_cache_seconds=0.2),
+        )
+
+    one, two = create_app(settings("one")), create_app(settings("two"))
+    async with one.router.lifespan_context(one), two.router.lifespan_context(two):
+        key = await one.state.keys.create("shared")
+        auth = {"Authorization": f"Bearer {key.key}"}
+        t1, t2 = httpx.ASGITransport(app=one), httpx.ASGITransport(app=two)
+        async with (
+            httpx.AsyncClient(transport=t1, base_url="http://one") as a,
+            httpx.AsyncClient(transport=t2, base_url="http://two") as b,
+        ):
+            assert (await b.get(SOURCES, headers=auth)).json()["items"] == []
+            body = {"name": "f", "type": "local_folder", "config": {"root": str(tmp_path / "data")}}
+            assert (await a.post(SOURCES, json=body, headers=auth)).status_code == 201
+            await asyncio.sleep(0.25)
+            await b.get(SOURCES, headers=auth)  # may still be the stale page once
+            await asyncio.sleep(0.05)
+            listed = (await b.get(SOURCES, headers=auth)).json()["items"]
+            assert [s["id"] for s in listed] == ["f"]
+            assert (await b.get(f"{SOURCES}/f/items", headers=auth)).status_code == 200
+            assert (await b.delete(f"{SOURCES}/f", headers=auth)).status_code == 204
+            assert (await a.get(f"{SOURCES}/f", headers=auth)).status_code == 404
+            await two.state.keys.revoke(key.id)
+            await asyncio.sleep(0.25)
+            assert (await a.get(SOURCES, headers=auth)).status_code == 401
