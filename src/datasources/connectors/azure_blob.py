@@ -995,9 +995,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
             if item.size is not None and sent != item.size:
                 raise IntegrityError("Azure Storage sent a different size than it announced.")
 
-        return ItemStream(
-            item, chunks, item.content_type or "application/octet-stream", size=item.size
-        )
+        return ItemStream.of_file(item, chunks)
 
     async def fetch_data(
         self,

@@ -199,6 +199,11 @@ class ItemStream:
     size: int | None = None
     """The number of bytes the stream will yield, when known in advance."""
 
+    @classmethod
+    def of_file(cls, item: DataItem, chunks: Callable[[], AsyncIterator[bytes]]) -> ItemStream:
+        """A stream of a stored file's own bytes: its content type and size."""
+        return cls(item, chunks, item.content_type or "application/octet-stream", item.size)
+
 
 class BaseConnector(ABC, Generic[ConfigT]):
     """The contract every data source connector implements.

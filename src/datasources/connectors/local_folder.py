@@ -316,9 +316,7 @@ class LocalFolderConnector(BaseConnector[LocalFolderConfig]):
                 os.close(fd)
 
         item = _file_item(rel, st)
-        return ItemStream(
-            item, chunks, item.content_type or "application/octet-stream", size=item.size
-        )
+        return ItemStream.of_file(item, chunks)
 
     async def fetch_data(
         self,
