@@ -175,6 +175,7 @@ def main() -> None:
             # The limiter runs (it is part of the cost) but must not answer 429 here.
             "DATASOURCES_API__RATE_LIMIT_PER_MINUTE": "100000000",
             "DATASOURCES_API__RATE_LIMIT_BURST": "1000000",
+            "DATASOURCES_SANDBOX_LIMITS__POOL_SIZE": "0",
         }
         results: dict[str, dict[str, Any]] = {}
         port = _free_port()

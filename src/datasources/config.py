@@ -19,7 +19,7 @@ from datasources.credentials import register_secret
 if TYPE_CHECKING:
     from datasources.netpolicy import OutboundPolicy
 
-__all__ = ["ApiSettings", "PoolSettings", "Settings"]
+__all__ = ["ApiSettings", "PoolSettings", "SandboxLimits", "Settings"]
 
 
 class PoolSettings(BaseModel):
@@ -70,6 +70,27 @@ class ApiSettings(BaseModel):
     access_log: bool = True
 
 
+class SandboxLimits(BaseModel):
+    """Limits of each chat's Python session (``DATASOURCES_SANDBOX_LIMITS__TIMEOUT`` …)."""
+
+    memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
+    cpu_seconds: int = Field(default=1800, ge=1, description="CPU time over a session's life.")
+    processes: int = Field(default=64, ge=4, description="Processes and threads at once.")
+    open_files: int = Field(default=512, ge=32)
+    file_size_bytes: int = Field(default=1024**3, ge=1024)
+    tmp_bytes: int = Field(default=256 * 1024**2, ge=1024**2, description="Private /tmp size.")
+    output_bytes: int = Field(
+        default=1024**2, ge=1024, description="stdout/stderr kept per execution; the rest cut."
+    )
+    timeout: float = Field(default=60.0, gt=0, le=3600, description="Default per execution.")
+    idle_seconds: float = Field(default=900.0, gt=0, description="Idle sessions are closed.")
+    pool_size: int = Field(default=2, ge=0, le=64, description="Sessions started ahead.")
+    workspace_quota_bytes: int = Field(default=1024**3, ge=1024, description="Per chat.")
+    workspace_max_age_days: float = Field(
+        default=30.0, gt=0, description="Chats untouched this long are deleted with their files."
+    )
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -116,6 +137,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Host patterns user sources may reach even at internal addresses.",
     )
+    sandbox: str = Field(
+        default="bwrap",
+        pattern="^(bwrap|process)$",
+        description="How code runs: 'bwrap' (isolated) or 'process' (rlimits and a scrubbed "
+        "environment only; no filesystem or network isolation).",
+    )
+    sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits)
     allow_private_networks: bool = Field(
         default=False,
         description="Let user sources reach loopback and private networks (embedded default).",

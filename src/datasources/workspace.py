@@ -424,6 +424,9 @@ class Workspace:
         except PermissionError:
             raise PermissionDeniedError(f"The workspace {str(root)!r} is not writable.") from None
         self.manifest_path = self._state / "manifest.jsonl"
+        self.byte_budget: int | None = None
+        """A cap on each file written from now on (a chat's quota left), besides the
+        connector's own ``max_download_bytes``."""
         self._entries: dict[str, ManifestEntry] = {}
         self._offset = 0
         self._lock = threading.Lock()
@@ -463,6 +466,8 @@ class Workspace:
         target = self.path_for(remote_path)
         if target.is_dir() and not target.is_symlink():
             raise UnsafePathError(f"{remote_path!r} is a folder in the workspace.")
+        if self.byte_budget is not None:
+            max_bytes = self.byte_budget if max_bytes is None else min(max_bytes, self.byte_budget)
         file = await asyncio.to_thread(
             AtomicFile,
             target,

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from datasources.api import create_app
-from datasources.config import ApiSettings, Settings
+from datasources.config import ApiSettings, SandboxLimits, Settings
 from datasources.keys import CreatedKey
 
 pytestmark = pytest.mark.api
@@ -52,12 +52,13 @@ class Api:
         return str(response.json()["id"])
 
 
-def make_settings(tmp_path: Path, **api: Any) -> Settings:
+def make_settings(tmp_path: Path, *, pool_size: int = 0, **api: Any) -> Settings:
     return Settings(
         home=tmp_path / "home",
         allow_private_networks=True,  # PostgreSQL and Azurite run on loopback here
         local_folder_roots=[tmp_path / "data"],
         api=ApiSettings(**{"rate_limit_per_minute": 0, **api}),
+        sandbox_limits=SandboxLimits(pool_size=pool_size, timeout=10),
     )
 
 

@@ -36,6 +36,17 @@ CALLS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+CHAT_CALLS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/v1/chats/{chat_id}"): {},
+    ("DELETE", "/api/v1/chats/{chat_id}"): {},
+    ("GET", "/api/v1/chats/{chat_id}/messages"): {},
+    ("POST", "/api/v1/chats/{chat_id}/messages"): {"json": {"content": "```python\n1\n```"}},
+    ("POST", "/api/v1/chats/{chat_id}/execute"): {"json": {"code": "open('x','w')"}},
+    ("GET", "/api/v1/chats/{chat_id}/files"): {},
+    ("GET", "/api/v1/chats/{chat_id}/files/{path:path}"): {},
+}
+
+
 def api_routes(routes: list[Any], prefix: str = "") -> list[APIRoute]:
     """Every APIRoute under ``routes``, through included routers (FastAPI keeps them nested)."""
     found: list[APIRoute] = []
@@ -82,6 +93,27 @@ async def test_another_owners_source_is_a_missing_one_on_every_route(api: Api) -
     assert (await api.request("GET", SOURCES, api.bob)).json()["items"] == []
     assert (await api.add_folder_source("files", api.bob)) == "files"
     assert len((await api.request("GET", SOURCES, api.alice)).json()["items"]) == 1
+
+
+async def test_another_owners_chat_is_a_missing_one_on_every_route(api: Api) -> None:
+    created = await api.request("POST", "/api/v1/chats", api.alice, json={"title": "mine"})
+    chat = created.json()["id"]
+    (api.settings.workspaces_dir / chat / "outputs" / "r.txt").write_text("private")
+    routes = []
+    for route in api_routes(api.app.routes):
+        if "{chat_id}" in route.path:
+            routes += [(method, route.path) for method in sorted(route.methods)]
+    assert set(routes) == set(CHAT_CALLS), "a route that names a chat is missing from CHAT_CALLS"
+    for method, path in routes:
+        kwargs = CHAT_CALLS[method, path]
+        url = path.replace("{path:path}", "outputs/r.txt")
+        as_bob = await api.request(method, url.format(chat_id=chat), api.bob, **kwargs)
+        missing = await api.request(method, url.format(chat_id="f" * 24), api.bob, **kwargs)
+        assert as_bob.status_code == 404, (method, path, as_bob.text)
+        assert _normalised(as_bob, chat) == _normalised(missing, "f" * 24), path
+    assert (await api.request("GET", f"/api/v1/chats/{chat}", api.alice)).status_code == 200
+    assert (api.settings.workspaces_dir / chat / "outputs" / "r.txt").read_text() == "private"
+    assert (await api.request("GET", "/api/v1/chats", api.bob)).json()["items"] == []
 
 
 async def test_keys_of_one_owner_share_its_sources(api: Api) -> None:

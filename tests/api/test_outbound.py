@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from datasources.api import create_app
-from datasources.config import ApiSettings, Settings
+from datasources.config import ApiSettings, SandboxLimits, Settings
 from tests.conftest import require_service
 
 pytestmark = pytest.mark.api
@@ -30,7 +30,11 @@ async def _client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, 
 @pytest.fixture
 async def strict(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
     """The service's default: no internal addresses, no local folders."""
-    settings = Settings(home=tmp_path / "home", api=ApiSettings(rate_limit_per_minute=0))
+    settings = Settings(
+        home=tmp_path / "home",
+        api=ApiSettings(rate_limit_per_minute=0),
+        sandbox_limits=SandboxLimits(pool_size=0),
+    )
     async for pair in _client(settings):
         yield pair
 
@@ -117,6 +121,7 @@ async def test_allowed_hosts_and_roots_open_exactly_what_they_name(tmp_path: Pat
         allowed_hosts=[host],
         local_folder_roots=[tmp_path / "allowed"],
         api=ApiSettings(rate_limit_per_minute=0),
+        sandbox_limits=SandboxLimits(pool_size=0),
     )
     async for client, auth in _client(settings):
         pg = {"name": "pg", "type": "postgresql", "config": {"dsn": dsn}}

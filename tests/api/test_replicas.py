@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from datasources.api import create_app
-from datasources.config import ApiSettings, PoolSettings, Settings
+from datasources.config import ApiSettings, PoolSettings, SandboxLimits, Settings
 from datasources.credentials import generate_key
 
 pytestmark = [pytest.mark.api, pytest.mark.integration]
@@ -31,6 +31,7 @@ async def test_replicas_share_keys_sources_and_revocations(
             local_folder_roots=[tmp_path / "data"],
             pool=PoolSettings(listing_cache_seconds=0.2),
             api=ApiSettings(rate_limit_per_minute=0, key_cache_seconds=0.2),
+            sandbox_limits=SandboxLimits(pool_size=0),
         )
 
     one, two = create_app(settings("one")), create_app(settings("two"))

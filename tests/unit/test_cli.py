@@ -384,7 +384,11 @@ def test_serve_demo_starts_the_service_with_a_key(home: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "DATASOURCES_HOME": str(home)}
+    env = {
+        **os.environ,
+        "DATASOURCES_HOME": str(home),
+        "DATASOURCES_SANDBOX_LIMITS__POOL_SIZE": "0",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "datasources.cli", "serve", "--demo", "--port", str(port)],
         env=env,

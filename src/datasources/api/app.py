@@ -7,6 +7,8 @@ and the library use; the routes are a thin view over them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +18,15 @@ from fastapi import FastAPI
 from datasources import __version__
 from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
+from datasources.api.routes import chats as chat_routes
 from datasources.api.routes import datasources, health
 from datasources.api.security import RateLimiter
+from datasources.chat import ChatService
 from datasources.config import Settings
 from datasources.credentials import install_log_redaction
 from datasources.keys import ApiKeys
 from datasources.registry import DataSourceRegistry
+from datasources.sandbox.manager import SandboxManager
 
 __all__ = ["create_app"]
 
@@ -35,6 +40,18 @@ Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <API ke
 only that owner's data sources: another owner's id answers exactly like a missing one.
 Errors are RFC 9457 `application/problem+json` documents with a stable `code`.
 """
+
+
+async def _expire_forever(chats: ChatService) -> None:
+    """Delete old chats (and their workspaces) once an hour."""
+    while True:
+        try:
+            removed = await chats.expire()
+            if removed:
+                logger.info("Deleted %d expired chats.", removed)
+        except Exception as exc:
+            logger.warning("Expiring old chats failed: %s", type(exc).__name__)
+        await asyncio.sleep(3600)
 
 
 def create_app(
@@ -58,9 +75,20 @@ def create_app(
         await current.open()
         app.state.registry = current
         app.state.keys = ApiKeys(current.store, cache_seconds=settings.api.key_cache_seconds)
+        sandboxes = SandboxManager(
+            settings.workspaces_dir, mode=settings.sandbox, limits=settings.sandbox_limits
+        )
+        await sandboxes.start()
+        chats = ChatService(current, sandboxes, settings)
+        app.state.chats = chats
+        expiry = asyncio.create_task(_expire_forever(chats))
         try:
             yield
         finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+            await sandboxes.close()
             if own:
                 await current.close()
 
@@ -71,6 +99,7 @@ def create_app(
         lifespan=lifespan,
         openapi_tags=[
             {"name": "data sources", "description": "Register sources and reach their data."},
+            {"name": "chats", "description": "Chats with data: references, files, code."},
             {"name": "health", "description": "Liveness and readiness, without auth."},
         ],
     )
@@ -81,6 +110,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(datasources.build_router(settings.api))
+    app.include_router(chat_routes.build_router(settings.api))
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,

@@ -4,6 +4,12 @@ SQLite under ``DATASOURCES_HOME`` by default; any PostgreSQL through
 ``DATASOURCES_DATABASE_URL``, so several service replicas share one registry.
 """
 
-from datasources.store.repository import Store, StoredApiKey, StoredSource
+from datasources.store.repository import (
+    Store,
+    StoredApiKey,
+    StoredChat,
+    StoredMessage,
+    StoredSource,
+)
 
-__all__ = ["Store", "StoredApiKey", "StoredSource"]
+__all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]

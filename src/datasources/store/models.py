@@ -5,10 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKeyRow", "Base", "DataSourceRow"]
+__all__ = ["ApiKeyRow", "Base", "ChatRow", "DataSourceRow", "MessageRow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -65,3 +75,31 @@ class ApiKeyRow(Base):
 
     def __repr__(self) -> str:  # the hash is not a secret, but it has no business in logs
         return f"ApiKeyRow(id={self.id!r}, name={self.name!r}, owner={self.owner!r})"
+
+
+class ChatRow(Base):
+    """One chat of one owner."""
+
+    __tablename__ = "chats"
+    __table_args__ = (Index("ix_chats_owner_id", "owner", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageRow(Base):
+    """One message of a chat: the user's, or the reply with its typed parts."""
+
+    __tablename__ = "chat_messages"
+    __table_args__ = (Index("ix_chat_messages_chat_id", "chat_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(32), ForeignKey("chats.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text, default="")
+    refs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -25,15 +25,17 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
-from datasources.store.models import ApiKeyRow, Base, DataSourceRow
+from datasources.store.models import ApiKeyRow, Base, ChatRow, DataSourceRow, MessageRow
 
-__all__ = ["Store", "StoredApiKey", "StoredSource"]
+__all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
 
 logger = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SOURCES = DataSourceRow.__table__
 _KEYS = ApiKeyRow.__table__
+_CHATS = ChatRow.__table__
+_MESSAGES = MessageRow.__table__
 _MIGRATION_LOCK_ID = 0x6461746173  # "datas": serialises replicas migrating one database
 
 
@@ -78,6 +80,52 @@ def _key_record(row: Any) -> StoredApiKey:
         secret_hash=row.secret_hash,
         created_at=_aware(row.created_at),
         revoked_at=_aware(row.revoked_at) if row.revoked_at is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class StoredChat:
+    """A chat as stored."""
+
+    id: str
+    owner: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A chat message as stored: content, references and the reply's typed parts."""
+
+    id: str
+    chat_id: str
+    role: str
+    content: str
+    refs: list[dict[str, Any]]
+    parts: list[dict[str, Any]]
+    created_at: datetime
+
+
+def _chat_record(row: Any) -> StoredChat:
+    return StoredChat(
+        id=row.id,
+        owner=row.owner,
+        title=row.title,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _message_record(row: Any) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        chat_id=row.chat_id,
+        role=row.role,
+        content=row.content,
+        refs=list(row.refs or []),
+        parts=list(row.parts or []),
+        created_at=_aware(row.created_at),
     )
 
 
@@ -399,3 +447,61 @@ class Store:
                 return False
             row.revoked_at = when
             return True
+
+    # -- chats -----------------------------------------------------------------------
+
+    async def add_chat(self, chat: StoredChat) -> StoredChat:
+        async with self._session() as session, session.begin():
+            session.add(ChatRow(**asdict(chat)))
+        return chat
+
+    async def get_chat(self, owner: str, chat_id: str) -> StoredChat | None:
+        rows = await self._read(
+            select(_CHATS).where(_CHATS.c.owner == owner, _CHATS.c.id == chat_id)
+        )
+        return _chat_record(rows[0]) if rows else None
+
+    async def list_chats(
+        self, owner: str, *, limit: int, after_id: str | None = None
+    ) -> builtins.list[StoredChat]:
+        query = select(_CHATS).where(_CHATS.c.owner == owner).order_by(_CHATS.c.id).limit(limit)
+        if after_id is not None:
+            query = query.where(_CHATS.c.id > after_id)
+        return [_chat_record(r) for r in await self._read(query)]
+
+    async def list_old_chats(self, before: datetime) -> builtins.list[StoredChat]:
+        """Chats of every owner untouched since ``before``."""
+        query = select(_CHATS).where(_CHATS.c.updated_at < before).limit(1000)
+        return [_chat_record(r) for r in await self._read(query)]
+
+    async def touch_chat(self, chat_id: str, when: datetime) -> None:
+        async with self._session() as session, session.begin():
+            row = await session.get(ChatRow, chat_id)
+            if row is not None:
+                row.updated_at = when
+
+    async def delete_chat(self, owner: str, chat_id: str) -> bool:
+        async with self._session() as session, session.begin():
+            await session.execute(delete(MessageRow).where(MessageRow.chat_id == chat_id))
+            result = await session.execute(
+                delete(ChatRow).where(ChatRow.owner == owner, ChatRow.id == chat_id)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    async def add_message(self, message: StoredMessage) -> StoredMessage:
+        async with self._session() as session, session.begin():
+            session.add(MessageRow(**asdict(message)))
+        return message
+
+    async def list_messages(
+        self, chat_id: str, *, limit: int, after_id: str | None = None
+    ) -> builtins.list[StoredMessage]:
+        query = (
+            select(_MESSAGES)
+            .where(_MESSAGES.c.chat_id == chat_id)
+            .order_by(_MESSAGES.c.id)
+            .limit(limit)
+        )
+        if after_id is not None:
+            query = query.where(_MESSAGES.c.id > after_id)
+        return [_message_record(r) for r in await self._read(query)]

@@ -1,0 +1,200 @@
+"""Sessions per chat, a pool of pre-started ones, and culling of idle ones.
+
+A pre-started session runs over an empty *slot* folder (``data/``, ``outputs/``). When a
+chat needs one, the chat's files move into the slot's folders and the slot's folders
+move to the chat's workspace: renames keep the folders' identity, so the sandbox's bind
+mounts now show the chat's workspace — no restart, and pandas is already imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from datasources.config import SandboxLimits
+from datasources.sandbox.runtime import SandboxUnavailableError, bwrap_problem
+from datasources.sandbox.session import Session
+
+__all__ = ["SandboxManager"]
+
+logger = logging.getLogger(__name__)
+
+
+class SandboxManager:
+    """Owns every sandboxed session of the service.
+
+    Args:
+        root: Where workspaces live; slots go in ``root/.pool``.
+        mode: ``bwrap`` or ``process``.
+        limits: Per-session limits, pool size and idle timeout.
+    """
+
+    def __init__(self, root: Path, *, mode: str, limits: SandboxLimits) -> None:
+        self.root = root
+        self.mode = mode
+        self.limits = limits
+        self.pool_dir = root / ".pool"
+        self._warm: list[Session] = []
+        self._sessions: dict[str, Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._filling = 0
+        self._closed = False
+
+    def problem(self) -> str | None:
+        """Why code cannot run here (None when it can)."""
+        if self.mode == "process":
+            return None
+        return bwrap_problem()
+
+    def require(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise SandboxUnavailableError(
+                f"Code cannot run in isolation here: {problem}. Set DATASOURCES_SANDBOX=process "
+                "to run it without isolation (see docs/security.md)."
+            )
+
+    async def start(self) -> None:
+        """Start the pool (if code can run here) and the idle-session culler."""
+        shutil.rmtree(self.pool_dir, ignore_errors=True)
+        self.pool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.mode == "process":
+            logger.warning(
+                "DATASOURCES_SANDBOX=process: code runs WITHOUT isolation — it can read what "
+                "the service's user can read and reach the network; only rlimits, a cgroup "
+                "where available and a scrubbed environment apply."
+            )
+        elif (problem := self.problem()) is not None:
+            logger.warning("Code execution is refused: %s", problem)
+            return
+        self._spawn(self._cull_forever())
+        self._refill()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refill(self) -> None:
+        missing = self.limits.pool_size - len(self._warm) - self._filling
+        for _ in range(max(missing, 0)):
+            self._filling += 1
+            self._spawn(self._add_warm())
+
+    async def _add_warm(self) -> None:
+        try:
+            session = await self._new_session()
+        except Exception as exc:
+            logger.warning("A pre-started session failed to start: %s", type(exc).__name__)
+            return
+        finally:
+            self._filling -= 1
+        if self._closed:
+            await self._discard(session)
+        else:
+            self._warm.append(session)
+
+    async def _new_session(self) -> Session:
+        slot = self.pool_dir / f"slot-{secrets.token_hex(6)}"
+        session = Session(slot, mode=self.mode, limits=self.limits)
+        await session.start()
+        return session
+
+    async def _discard(self, session: Session) -> None:
+        await session.close()
+        if session.slot.is_relative_to(self.pool_dir):
+            shutil.rmtree(session.slot, ignore_errors=True)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """One lock per chat: fetches and executions of a chat take turns."""
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def session(self, key: str, workspace: Path) -> tuple[Session, bool]:
+        """The chat's live session, or a warm one moved onto its workspace; (session, new)."""
+        self.require()
+        current = self._sessions.get(key)
+        if current is not None and current.alive:
+            return current, False
+        if current is not None:
+            await current.close()
+        session = None
+        while self._warm:
+            candidate = self._warm.pop(0)
+            if candidate.alive:
+                session = candidate
+                break
+            await self._discard(candidate)
+        self._refill()
+        if session is None:
+            session = await self._new_session()
+        await asyncio.to_thread(_adopt, session, workspace)
+        if self.mode == "process":
+            # No mount namespace: the kernel's folder was the slot, now gone; follow it.
+            await session.execute(f"import os as _os; _os.chdir({str(workspace)!r}); del _os")
+        self._sessions[key] = session
+        return session, True
+
+    async def end(self, key: str) -> None:
+        """Close a chat's session (its workspace stays)."""
+        session = self._sessions.pop(key, None)
+        self._locks.pop(key, None)
+        if session is not None:
+            await session.close()
+
+    async def _cull_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(min(30.0, self.limits.idle_seconds / 2))
+            await self.cull()
+
+    async def cull(self) -> int:
+        """Close sessions idle longer than ``idle_seconds``; how many."""
+        now = time.monotonic()
+        idle = [
+            key
+            for key, session in self._sessions.items()
+            if now - session.last_used > self.limits.idle_seconds and not self.lock(key).locked()
+        ]
+        for key in idle:
+            logger.info("Closing the idle session of chat %s.", key)
+            await self.end(key)
+        return len(idle)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        for session in [*self._warm, *self._sessions.values()]:
+            await session.close()
+        self._warm.clear()
+        self._sessions.clear()
+        shutil.rmtree(self.pool_dir, ignore_errors=True)
+
+
+def _adopt(session: Session, workspace: Path) -> None:
+    """Make the session's bound folders the chat's ``data/`` and ``outputs/``."""
+    slot = session.slot
+    if slot == workspace:
+        return
+    workspace.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "outputs"):
+        ours, theirs = slot / name, workspace / name
+        if theirs.is_dir():
+            for entry in list(theirs.iterdir()):
+                os.rename(entry, ours / entry.name)
+            theirs.rmdir()
+        os.rename(ours, theirs)
+    with contextlib.suppress(OSError):
+        slot.rmdir()
+    session.slot = workspace

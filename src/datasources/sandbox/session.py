@@ -1,0 +1,351 @@
+"""One stateful Python session: a Jupyter kernel in a sandbox, spoken to over ipc sockets.
+
+The kernel's sockets are Unix sockets in a folder bound into the sandbox (a kernel in
+its own network namespace cannot reach the host's loopback). An execution collects the
+kernel's messages into typed parts; a wall-clock timeout interrupts the code, and if
+the kernel does not come back, kills the whole sandbox (its process group and PID
+namespace), so a grandchild cannot outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from datasources.config import SandboxLimits
+from datasources.sandbox.runtime import LaunchPlan, plan_launch
+
+__all__ = ["Execution", "Part", "Session"]
+
+logger = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_WARMUP = "import pandas, pyarrow, duckdb, matplotlib.pyplot"
+
+
+class Part(BaseModel):
+    """One piece of a reply: text, code, stdout/stderr, a table, an image, a file, an error."""
+
+    type: str = Field(
+        description="text | code | stdout | stderr | result | table | image | file | error"
+    )
+    text: str | None = None
+    data: Any = None
+    path: str | None = Field(default=None, description="A workspace file (images, files).")
+    name: str | None = None
+
+
+class Execution(BaseModel):
+    """What one piece of code produced."""
+
+    ok: bool
+    parts: list[Part]
+    elapsed_ms: float
+    timed_out: bool = False
+    restarted: bool = Field(default=False, description="The session was killed and is gone.")
+    truncated: bool = False
+
+
+class Session:
+    """A kernel in a sandbox over ``slot`` (a folder with ``data/`` and ``outputs/``)."""
+
+    def __init__(self, slot: Path, *, mode: str, limits: SandboxLimits) -> None:
+        self.slot = slot
+        self.mode = mode
+        self.limits = limits
+        # Unix socket paths are limited to ~107 bytes: the sockets get a short private folder.
+        self.sockets = Path(tempfile.mkdtemp(prefix="ds-k-", dir="/tmp"))
+        self._process: subprocess.Popen[bytes] | None = None
+        self._client: Any = None
+        self._plan: LaunchPlan | None = None
+        self._lock = asyncio.Lock()
+        self.last_used = time.monotonic()
+        self._figures = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    async def start(self, *, warm: bool = True) -> None:
+        """Start the kernel and wait until it answers (and has pandas & co. imported)."""
+        from jupyter_client.asynchronous import AsyncKernelClient  # type: ignore[attr-defined]
+
+        for sub in ("data", "outputs"):
+            (self.slot / sub).mkdir(parents=True, exist_ok=True)
+        self.sockets.mkdir(mode=0o700, exist_ok=True)  # again, if an earlier start removed it
+        key = secrets.token_hex(32)
+        host_file = self.sockets / "kernel.json"
+        info = {
+            "transport": "ipc",
+            "ip": "",
+            "shell_port": 1,
+            "iopub_port": 2,
+            "stdin_port": 3,
+            "control_port": 4,
+            "hb_port": 5,
+            "key": key,
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "python3",
+        }
+        plan = plan_launch(self.mode, self.slot, self.sockets, self.limits, str(host_file))
+        inside = {**info, "ip": f"{plan.socket_dir_inside}/k"}
+        # Inside, the code's user maps to the service's own user (without any capability),
+        # so the owner's permissions are the ones that count: 0600 keeps others out.
+        host_file.write_text(json.dumps(inside))
+        host_file.chmod(0o600)
+        self._plan = plan
+        self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once, never waits
+            plan.argv,
+            env=plan.env,
+            cwd=plan.cwd,
+            preexec_fn=plan.preexec,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        client = AsyncKernelClient()
+        host_info: dict[str, Any] = {**info, "ip": str(self.sockets / "k")}
+        client.load_connection_info(host_info)  # type: ignore[arg-type]
+        client.start_channels()
+        self._client = client
+        try:
+            await client.wait_for_ready(timeout=60)
+        except Exception:
+            detail = self._stderr_tail()
+            await self.close()
+            raise RuntimeError(f"The Python session did not start: {detail}") from None
+        if warm:
+            await self.execute(_WARMUP, timeout=120)
+        self.last_used = time.monotonic()
+
+    def _reap_strays(self) -> int:
+        """Kill every process in the sandbox but bubblewrap and the kernel; how many.
+
+        What code forks or starts (a fork bomb's copies, a grandchild left running past
+        a timeout) must not outlive the execution that made it.
+        """
+        cgroup = self._plan.cgroup if self._plan is not None else None
+        if cgroup is None or self._process is None:
+            return 0
+        pids = cgroup.pids()
+        info: dict[int, tuple[int, str]] = {}
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            ppid = next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")
+            )
+            info[pid] = (ppid, cmdline.decode("utf-8", "replace"))
+        bwraps = {pid for pid, (_, cmd) in info.items() if "bwrap" in cmd.split(" ", 1)[0]}
+        keep = bwraps | {
+            pid for pid, (ppid, cmd) in info.items() if ppid in bwraps and "ipykernel" in cmd
+        }
+        killed = 0
+        for pid in info:
+            if pid not in keep:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        return killed
+
+    def _stderr_tail(self) -> str:
+        process = self._process
+        if process is None or process.stderr is None or process.poll() is None:
+            return "still starting"
+        return process.stderr.read()[-300:].decode("utf-8", "replace")
+
+    async def execute(self, code: str, *, timeout: float | None = None) -> Execution:
+        """Run ``code``; parts in order. One execution at a time per session."""
+        async with self._lock:
+            self.last_used = time.monotonic()
+            try:
+                return await self._execute(code, timeout or self.limits.timeout)
+            finally:
+                self.last_used = time.monotonic()
+
+    async def _execute(self, code: str, timeout: float) -> Execution:
+        start = time.perf_counter()
+        client = self._client
+        if client is None or not self.alive:
+            return Execution(
+                ok=False,
+                parts=[Part(type="error", name="SessionGone", text="The session has ended.")],
+                elapsed_ms=0,
+                restarted=True,
+            )
+        msg_id = client.execute(code, store_history=True, allow_stdin=False)
+        parts: list[Part] = []
+        budget = self.limits.output_bytes
+        kept = 0
+        truncated = False
+        ok = True
+        timed_out = False
+        restarted = False
+        deadline = time.monotonic() + timeout
+        interrupted_at: float | None = None
+        while True:
+            wait = deadline - time.monotonic()
+            if interrupted_at is not None:
+                wait = interrupted_at + 3 - time.monotonic()
+            if wait <= 0:
+                if interrupted_at is None:
+                    timed_out = True
+                    interrupted_at = time.monotonic()
+                    await self._interrupt()
+                    continue
+                # The code ignored the interrupt: end the whole sandbox.
+                await self.close()
+                restarted = True
+                break
+            try:
+                msg = await client.get_iopub_msg(timeout=min(wait, 1.0))
+            except Exception:
+                if not self.alive:
+                    restarted = True
+                    ok = False
+                    parts.append(Part(type="error", name="SessionDied", text=self._death_reason()))
+                    await self.close()
+                    break
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            content = msg["content"]
+            if kind == "status" and content.get("execution_state") == "idle":
+                break
+            if kind == "stream":
+                text = content.get("text", "")
+                if kept + len(text) > budget:
+                    text = text[: max(budget - kept, 0)]
+                    truncated = True
+                    if kept > budget * 8 and interrupted_at is None:
+                        # Printing without end: stop it rather than read gigabytes.
+                        interrupted_at = time.monotonic()
+                        await self._interrupt()
+                kept += len(text)
+                if text:
+                    _append_stream(parts, content.get("name", "stdout"), text)
+            elif kind in ("execute_result", "display_data"):
+                parts.append(self._display(content.get("data", {})))
+            elif kind == "error":
+                ok = False
+                trace = _ANSI.sub("", "\n".join(content.get("traceback", [])))
+                parts.append(
+                    Part(
+                        type="error",
+                        name=content.get("ename"),
+                        text=trace[-4000:] or content.get("evalue"),
+                    )
+                )
+        if not restarted and self.mode == "bwrap":
+            strays = await asyncio.to_thread(self._reap_strays)
+            if strays:
+                parts.append(
+                    Part(type="text", text=f"({strays} leftover process(es) were stopped)")
+                )
+        if timed_out:
+            ok = False
+            parts.append(
+                Part(
+                    type="error",
+                    name="Timeout",
+                    text=f"The code ran past {timeout:g} s and was "
+                    + ("stopped; the session was restarted." if restarted else "interrupted."),
+                )
+            )
+        if truncated:
+            parts.append(Part(type="text", text=f"(output cut at {budget} bytes)"))
+        return Execution(
+            ok=ok and not restarted,
+            parts=parts,
+            elapsed_ms=(time.perf_counter() - start) * 1000,
+            timed_out=timed_out,
+            restarted=restarted,
+            truncated=truncated,
+        )
+
+    def _display(self, data: dict[str, Any]) -> Part:
+        """A display message as a part: PNG images become workspace files."""
+        png = data.get("image/png")
+        if isinstance(png, str):
+            self._figures += 1
+            name = f"figure-{int(time.time())}-{self._figures}.png"
+            target = self.slot / "outputs" / name
+            try:
+                target.write_bytes(base64.b64decode(png))
+            except (ValueError, OSError):
+                return Part(type="error", name="DisplayError", text="An image could not be saved.")
+            return Part(type="image", path=f"outputs/{name}", name=name)
+        if "application/vnd.datasources.table+json" in data:
+            return Part(type="table", data=data["application/vnd.datasources.table+json"])
+        text = data.get("text/plain", "")
+        return Part(type="result", text=str(text)[: self.limits.output_bytes])
+
+    def _death_reason(self) -> str:
+        process = self._process
+        code = process.poll() if process is not None else None
+        if code is not None and code < 0:
+            return f"The session was killed by signal {signal.Signals(-code).name}."
+        return "The session ended unexpectedly (a limit was reached, or the code exited)."
+
+    async def _interrupt(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            message = client.session.msg("interrupt_request", {})
+            client.control_channel.send(message)
+        process = self._process
+        if process is not None and self.mode == "process":
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+
+    async def close(self) -> None:
+        """Stop the kernel and everything it started; remove its sockets and cgroup."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.stop_channels()
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(process.wait, 10)
+            if process.stderr is not None:
+                process.stderr.close()
+        if self._plan is not None and self._plan.cgroup is not None:
+            cgroup = self._plan.cgroup
+            for _ in range(50):  # processes leave a cgroup a moment after they die
+                cgroup.remove()
+                if not any(path.exists() for path in cgroup.paths):
+                    break
+                await asyncio.sleep(0.02)
+        shutil.rmtree(self.sockets, ignore_errors=True)
+
+
+def _append_stream(parts: list[Part], name: str, text: str) -> None:
+    kind = "stderr" if name == "stderr" else "stdout"
+    if parts and parts[-1].type == kind and parts[-1].text is not None:
+        parts[-1].text += text
+    else:
+        parts.append(Part(type=kind, text=text))
