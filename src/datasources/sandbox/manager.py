@@ -137,6 +137,9 @@ class SandboxManager:
         if session is None:
             session = await self._new_session()
         await asyncio.to_thread(_adopt, session, workspace)
+        quota = self.limits.workspace_quota_bytes
+        data = workspace / "data"
+        session.disk_budget = lambda: max(quota - _disk_usage(data), 0)
         if self.mode == "process":
             # No mount namespace: the kernel's folder was the slot, now gone; follow it.
             await session.execute(f"import os as _os; _os.chdir({str(workspace)!r}); del _os")
@@ -180,6 +183,15 @@ class SandboxManager:
         self._warm.clear()
         self._sessions.clear()
         shutil.rmtree(self.pool_dir, ignore_errors=True)
+
+
+def _disk_usage(folder: Path) -> int:
+    total = 0
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(base, name)).st_blocks * 512
+    return total
 
 
 def _adopt(session: Session, workspace: Path) -> None:

@@ -255,6 +255,7 @@ def plan_launch(
         "--gid", str(SANDBOX_UID),
         "--hostname", "sandbox",
         "--clearenv",
+        "--remount-ro", "/",  # last: every mount point above exists now
     ]  # fmt: skip
     for key, value in env.items():
         argv += ["--setenv", key, value]

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,10 @@ class Session:
         self._lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self._figures = 0
+        self.disk_budget: Callable[[], int] | None = None
+        """Returns how many bytes the code may write now (the chat's quota left)."""
+        self.disk_exceeded = False
+        self._kernel_pid: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -130,22 +135,16 @@ class Session:
             detail = self._stderr_tail()
             await self.close()
             raise RuntimeError(f"The Python session did not start: {detail}") from None
+        await asyncio.to_thread(self._find_kernel)
         if warm:
             await self.execute(_WARMUP, timeout=120)
         self.last_used = time.monotonic()
 
-    def _reap_strays(self) -> int:
-        """Kill every process in the sandbox but bubblewrap and the kernel; how many.
-
-        What code forks or starts (a fork bomb's copies, a grandchild left running past
-        a timeout) must not outlive the execution that made it.
-        """
+    def _processes(self) -> dict[int, tuple[int, str]]:
+        """pid -> (parent pid, command line) of every process in the sandbox's cgroup."""
         cgroup = self._plan.cgroup if self._plan is not None else None
-        if cgroup is None or self._process is None:
-            return 0
-        pids = cgroup.pids()
         info: dict[int, tuple[int, str]] = {}
-        for pid in pids:
+        for pid in cgroup.pids() if cgroup is not None else []:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
@@ -155,16 +154,42 @@ class Session:
                 int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")
             )
             info[pid] = (ppid, cmdline.decode("utf-8", "replace"))
+        return info
+
+    def _find_kernel(self) -> None:
+        """Remember which process is the kernel (right after start, it is the only one)."""
+        info = self._processes()
         bwraps = {pid for pid, (_, cmd) in info.items() if "bwrap" in cmd.split(" ", 1)[0]}
-        keep = bwraps | {
-            pid for pid, (ppid, cmd) in info.items() if ppid in bwraps and "ipykernel" in cmd
-        }
+        kernels = [
+            p
+            for p, (pp, cmd) in info.items()
+            if pp in bwraps and p not in bwraps and "ipykernel" in cmd
+        ]
+        self._kernel_pid = kernels[0] if len(kernels) == 1 else None
+
+    def _reap_strays(self) -> int:
+        """Kill every process in the sandbox but bubblewrap and the kernel; how many.
+
+        What code forks or starts (a fork bomb's copies, a grandchild left running past
+        a timeout) must not outlive the execution that made it. Orphans are re-parented to
+        bubblewrap's init, so the kernel is known by the pid noted at start, and passes
+        repeat until nothing new appears.
+        """
+        if self._kernel_pid is None:
+            return 0
         killed = 0
-        for pid in info:
-            if pid not in keep:
+        for _ in range(50):
+            info = self._processes()
+            keep = {p for p, (_, cmd) in info.items() if "bwrap" in cmd.split(" ", 1)[0]}
+            keep.add(self._kernel_pid)
+            strays = [pid for pid in info if pid not in keep]
+            if not strays:
+                break
+            for pid in strays:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
+            time.sleep(0.01)
         return killed
 
     def _stderr_tail(self) -> str:
@@ -182,8 +207,66 @@ class Session:
             finally:
                 self.last_used = time.monotonic()
 
+    def _written_bytes(self) -> int:
+        """Bytes in the folders the code can write to on the host's disk."""
+        total = 0
+        for folder in (self.slot / "outputs", self.sockets):
+            for base, _dirs, files in os.walk(folder):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(base, name)).st_blocks * 512
+        return total
+
+    async def _watch_disk(self, limit: int, started: float) -> None:
+        """Stop the session the moment its writes pass ``limit``; drop what it just wrote."""
+        while True:
+            await asyncio.sleep(0.2)
+            used = await asyncio.to_thread(self._written_bytes)
+            if used <= limit:
+                continue
+            self.disk_exceeded = True
+            await self.close()
+            return
+
+    def _remove_newer_than(self, started: float) -> None:
+        for base, _dirs, files in os.walk(self.slot / "outputs"):
+            for name in files:
+                path = os.path.join(base, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_mtime >= started - 1:
+                        os.unlink(path)
+
     async def _execute(self, code: str, timeout: float) -> Execution:
         start = time.perf_counter()
+        self.disk_exceeded = False
+        limit = self.disk_budget() if self.disk_budget is not None else None
+        started = time.time()
+        watchdog = (
+            asyncio.create_task(self._watch_disk(limit, started)) if limit is not None else None
+        )
+        try:
+            result = await self._execute_watched(code, timeout, start)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(BaseException):
+                    await watchdog
+        if self.disk_exceeded:
+            await self.close()  # again: the watchdog may have been stopped half-way
+            await asyncio.to_thread(self._remove_newer_than, started)
+            result.ok = False
+            result.restarted = True
+            result.parts.append(
+                Part(
+                    type="error",
+                    name="QuotaExceeded",
+                    text="The code wrote more than the chat's quota allows: what it wrote was "
+                    "removed and the session was restarted.",
+                )
+            )
+        return result
+
+    async def _execute_watched(self, code: str, timeout: float, start: float) -> Execution:
         client = self._client
         if client is None or not self.alive:
             return Execution(
@@ -218,7 +301,14 @@ class Session:
                 break
             try:
                 msg = await client.get_iopub_msg(timeout=min(wait, 1.0))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being cancelled, not just our socket
+                msg = None
             except Exception:
+                msg = None
+            if msg is None:
                 if not self.alive:
                     restarted = True
                     ok = False
