@@ -137,6 +137,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Host patterns user sources may reach even at internal addresses.",
     )
+    llm_base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible endpoint (OpenAI, Azure, Ollama, vLLM)."
+    )
+    llm_model: str | None = Field(default=None, description="The model name; none: offline.")
+    llm_api_key: SecretStr | None = None
+    llm_max_steps: int = Field(default=8, ge=1, le=50, description="Tool calls per message.")
+    llm_max_tokens: int = Field(default=60_000, ge=1000, description="Tokens per message.")
     sandbox: str = Field(
         default="bwrap",
         pattern="^(bwrap|process)$",
@@ -165,7 +172,7 @@ class Settings(BaseSettings):
 
     def model_post_init(self, context: object, /) -> None:
         # Secrets an operator configures are scrubbed from logs from the start.
-        for secret in (self.database_url, self.secret_keys):
+        for secret in (self.database_url, self.secret_keys, self.llm_api_key):
             if secret is not None:
                 register_secret(secret.get_secret_value())
 

@@ -79,7 +79,16 @@ def create_app(
             settings.workspaces_dir, mode=settings.sandbox, limits=settings.sandbox_limits
         )
         await sandboxes.start()
-        chats = ChatService(current, sandboxes, settings)
+        provider = None
+        if settings.llm_model:
+            from datasources.chat.llm import OpenAICompatibleProvider
+
+            provider = OpenAICompatibleProvider(
+                base_url=settings.llm_base_url,
+                model=settings.llm_model,
+                api_key=settings.llm_api_key,
+            )
+        chats = ChatService(current, sandboxes, settings, provider)
         app.state.chats = chats
         expiry = asyncio.create_task(_expire_forever(chats))
         try:

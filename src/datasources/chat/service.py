@@ -33,6 +33,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from datasources.chat.assistant import run_assistant
+from datasources.chat.llm import LLMProvider
 from datasources.chat.refs import DataRef, parse_mentions
 from datasources.config import Settings
 from datasources.errors import (
@@ -92,12 +94,18 @@ class ChatService:
     """Chats of every owner; :meth:`scoped` gives the view one owner may use."""
 
     def __init__(
-        self, registry: DataSourceRegistry, sandboxes: SandboxManager, settings: Settings
+        self,
+        registry: DataSourceRegistry,
+        sandboxes: SandboxManager,
+        settings: Settings,
+        provider: LLMProvider | None = None,
     ) -> None:
         self.registry = registry
         self.sandboxes = sandboxes
         self.settings = settings
         self.root = settings.workspaces_dir
+        self.provider = provider
+        """The language model; None: offline replies (code blocks, /sql, briefs)."""
 
     def workspace_dir(self, chat_id: str) -> Path:
         if not _ID.match(chat_id):
@@ -410,7 +418,22 @@ class ChatService:
     ) -> AsyncIterator[tuple[Event, list[Part]]]:
         blocks = _CODE_BLOCK.findall(content)
         stripped = content.strip()
-        if blocks:
+        if self.provider is not None:
+            history = await self._history(chat_id)
+            steps = run_assistant(
+                self,
+                self.provider,
+                owner,
+                chat_id,
+                content,
+                history,
+                fetched,
+                max_steps=self.settings.llm_max_steps,
+                max_tokens=self.settings.llm_max_tokens,
+            )
+            async for pair in steps:
+                yield pair
+        elif blocks:
             for code in blocks:
                 yield Event(event="code", data={"code": code}), [Part(type="code", text=code)]
                 async for pair in self._run(chat_id, code):
@@ -447,9 +470,39 @@ class ChatService:
             )
             yield Event(event="text_delta", data={"text": text}), [Part(type="text", text=text)]
 
-    async def _run(self, chat_id: str, code: str) -> AsyncIterator[tuple[Event, list[Part]]]:
+    async def _history(self, chat_id: str) -> list[dict[str, Any]]:
+        """The chat so far as model messages: what was said, not the data."""
+        stored = await self.registry.store.list_messages(chat_id, limit=1000)
+        history: list[dict[str, Any]] = []
+        for message in stored[-21:-1]:  # the newest is the message being answered
+            if message.role == "user":
+                history.append({"role": "user", "content": message.content})
+            else:
+                text = "\n".join(
+                    p.get("text", "") for p in message.parts if p.get("type") == "text"
+                )
+                if text:
+                    history.append({"role": "assistant", "content": text})
+        return history
+
+    async def run_code(self, chat_id: str, code: str) -> Execution:
+        """Run code in the chat's session; the caller holds the chat's lock."""
         session, _new = await self.sandboxes.session(chat_id, self.workspace_dir(chat_id))
-        result = await session.execute(code)
+        return await session.execute(code)
+
+    async def workspace_sources(self, chat_id: str) -> set[str]:
+        """Ids of the sources whose data is in the chat's workspace."""
+        try:
+            text = await asyncio.to_thread(
+                (self.workspace_dir(chat_id) / "manifest.json").read_text
+            )
+            files = json.loads(text)["files"]
+        except (OSError, ValueError, KeyError):
+            return set()
+        return {f["source_id"] for f in files.values() if f.get("source_id")}
+
+    async def _run(self, chat_id: str, code: str) -> AsyncIterator[tuple[Event, list[Part]]]:
+        result = await self.run_code(chat_id, code)
         for part in result.parts:
             kind = "output" if part.type in ("stdout", "stderr", "result", "text") else "display"
             if part.type == "error":

@@ -74,6 +74,11 @@ class ConnectorConfig(BaseModel):
         ge=0,
         description="Largest file fetch_data accepts; null for no limit.",
     )
+    share_samples_with_llm: bool = Field(
+        default=False,
+        description="Let a language model see raw rows of this source (query results, "
+        "previews); otherwise it sees schemas and column profiles only.",
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)

@@ -1,0 +1,154 @@
+"""The tool-calling loop against a scripted OpenAI-compatible server on loopback.
+
+The server is real HTTP (uvicorn in a thread) that answers with planned tool calls and
+records every request, so the tests see exactly what reached the model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from datasources.api import create_app
+from tests.api.conftest import LiveServer, make_settings
+
+pytestmark = [pytest.mark.api, pytest.mark.integration]
+
+SECRET_CELL = "row-value-that-must-not-reach-the-model"
+
+
+class ScriptedModel:
+    """Plays back planned answers; keeps the requests."""
+
+    def __init__(self, plan: list[dict[str, Any]]) -> None:
+        self.plan = plan
+        self.requests: list[dict[str, Any]] = []
+        self.app = FastAPI()
+
+        @self.app.post("/v1/chat/completions")
+        async def complete(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            self.requests.append(body)
+            step = self.plan[min(len(self.requests) - 1, len(self.plan) - 1)]
+            message: dict[str, Any] = {"role": "assistant", "content": step.get("content")}
+            if "calls" in step:
+                message["tool_calls"] = [
+                    {"id": f"call{len(self.requests)}_{i}", "type": "function",
+                     "function": {"name": name, "arguments": json.dumps(args)}}
+                    for i, (name, args) in enumerate(step["calls"])
+                ]  # fmt: skip
+            return {
+                "id": f"r{len(self.requests)}", "object": "chat.completion", "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": "tool_calls" if "calls" in step else "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+            }  # fmt: skip
+
+
+async def _app_with_model(
+    tmp_path: Path, model: ScriptedModel, server: LiveServer, **extra: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    settings = make_settings(tmp_path, pool_size=1).model_copy(
+        update={"llm_base_url": f"{server.url}/v1", "llm_model": "scripted", **extra}
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        key = await app.state.keys.create("k")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            yield c, {"Authorization": f"Bearer {key.key}"}
+
+
+async def test_the_loop_uses_tools_and_shares_only_what_sources_allow(
+    tmp_path: Path, live_server_factory: Any, postgres_database: str
+) -> None:
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        await conn.execute(
+            "CREATE TABLE t (id int, secret_col text);"
+            f"INSERT INTO t VALUES (1, '{SECRET_CELL}'), (2, 'x');"
+        )
+    finally:
+        await conn.close()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "local.csv").write_text("a,b\n1,x\n2,y\n3,z\n")
+    model = ScriptedModel([
+        {"calls": [("list_data_sources", {})]},
+        {"calls": [("get_schema", {"source": "warehouse"}),
+                   ("run_sql", {"source": "warehouse", "sql": "SELECT * FROM t"})]},
+        {"calls": [("fetch", {"source": "files", "path": "local.csv"})]},
+        {"calls": [("run_python", {"code": "import pandas as pd\n"
+                                           "print(pd.read_csv('data/files/local.csv').a.sum())"})]},
+        {"calls": [("run_sql", {"source": "warehouse", "sql": "DELETE FROM t"}),
+                   ("no_such_tool", {})]},
+        {"content": "The sum of a is 6."},
+    ])  # fmt: skip
+    server = live_server_factory(model.app)
+    async for client, auth in _app_with_model(tmp_path, model, server):
+        for body in (
+            {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_database}},
+            {"name": "files", "type": "local_folder",
+             "config": {"root": str(folder), "share_samples_with_llm": True}},
+        ):  # fmt: skip
+            assert (
+                await client.post("/api/v1/datasources", json=body, headers=auth)
+            ).status_code == 201
+        chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
+        response = await client.post(
+            f"/api/v1/chats/{chat}/messages", json={"content": "What is the sum of a?"},
+            headers=auth,
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+        parts = response.json()["reply"]["parts"]
+    assert {"type": "stdout", "text": "6\n"} in parts
+    assert parts[-1] == {"type": "text", "text": "The sum of a is 6."}
+    assert any(p["type"] == "code" for p in parts)
+    assert len(model.requests) == 6
+    tools = {t["function"]["name"] for t in model.requests[0]["tools"]}
+    assert tools == {"list_data_sources", "list_items", "get_schema", "profile", "run_sql",
+                     "fetch", "run_python"}  # fmt: skip
+    last = model.requests[-1]["messages"]
+    assert last[0]["role"] == "system" and "<data>" in last[0]["content"]
+    tool_results = [m["content"] for m in last if m["role"] == "tool"]
+    assert all(r.startswith("<data") or r.startswith('{"error"') for r in tool_results)
+    everything = json.dumps(model.requests)
+    assert SECRET_CELL not in everything  # the warehouse does not share rows
+    assert "secret_col" in everything  # its schema is shared
+    assert '\\"fetched\\": [\\"data/files/local.csv\\"]' in everything
+    assert "read_only_violation" in everything and "no_such_tool" in everything
+
+
+async def test_the_loop_is_bounded_in_steps(tmp_path: Path, live_server_factory: Any) -> None:
+    model = ScriptedModel([{"calls": [("list_data_sources", {})]}])  # asks forever
+    server = live_server_factory(model.app)
+    async for client, auth in _app_with_model(tmp_path, model, server, llm_max_steps=3):
+        chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
+        response = await client.post(
+            f"/api/v1/chats/{chat}/messages", json={"content": "loop"}, headers=auth
+        )
+        parts = response.json()["reply"]["parts"]
+    assert len(model.requests) == 3
+    assert "budget" in parts[-1]["text"]
+
+
+async def test_an_unreachable_model_is_a_clear_error(
+    tmp_path: Path, live_server_factory: Any
+) -> None:
+    model = ScriptedModel([{"content": "unused"}])
+    server = live_server_factory(model.app)
+    gone = LiveServer(url="http://127.0.0.1:9", app=server.app)
+    async for client, auth in _app_with_model(tmp_path, model, gone):
+        chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
+        response = await client.post(
+            f"/api/v1/chats/{chat}/messages", json={"content": "hi"}, headers=auth
+        )
+        parts = response.json()["reply"]["parts"]
+    assert parts[-1]["type"] == "error" and parts[-1]["name"] == "unavailable"
