@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
-from bench import api, azure_blob, foundation, postgres, postgres_export
+from bench import api, azure_blob, foundation, postgres, postgres_export, sandbox
 
 if __name__ == "__main__":
-    which = set(sys.argv[1:]) or {"foundation", "azure_blob", "postgres", "postgres_export", "api"}
+    which = set(sys.argv[1:]) or {
+        "foundation",
+        "azure_blob",
+        "postgres",
+        "postgres_export",
+        "api",
+        "sandbox",
+    }
     if "foundation" in which:
         foundation.main()
     if "azure_blob" in which:
@@ -25,3 +32,5 @@ if __name__ == "__main__":
         postgres_export.main()
     if "api" in which:
         api.main()
+    if "sandbox" in which:
+        sandbox.main()
