@@ -46,6 +46,7 @@ from datasources.errors import (
     DataSourceError,
     InvalidInputError,
     NotFoundError,
+    UnavailableError,
 )
 from datasources.keys import ApiKeys
 from datasources.models import DataItem, DataSourceConfig
@@ -800,6 +801,149 @@ def serve(
         log_level=level,
         access_log=False,
     )
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+
+def _render_part(part: dict[str, Any], client: Any, chat_id: str, saved: Path) -> Any:
+    """Print one reply part; images are downloaded into ``saved``. Returns a coroutine or None."""
+    kind = part.get("type")
+    if kind in ("text", "result"):
+        out.print(part.get("text", ""), markup=False)
+    elif kind in ("stdout", "stderr"):
+        (err if kind == "stderr" else out).print(part.get("text", "").rstrip("\n"), markup=False)
+    elif kind == "code":
+        from rich.syntax import Syntax
+
+        out.print(Syntax(part.get("text", ""), "python", theme="ansi_dark"))
+    elif kind == "error":
+        err.print(f"[red]{part.get('name') or 'error'}[/]: {part.get('text', '')}")
+    elif kind == "table":
+        data = part.get("data") or {}
+        if "preview" in data:  # a data brief
+            out.print(f"{data.get('title')}: {data.get('rows')} rows", markup=False)
+            table = Table("column", "type", "nulls", "distinct", "min", "max")
+            for c in data.get("columns", []):
+                table.add_row(
+                    str(c["name"]),
+                    str(c["type"]),
+                    f"{c['null_fraction']:.1%}",
+                    str(c["distinct"]),
+                    str(c.get("min", "")),
+                    str(c.get("max", "")),
+                )
+            out.print(table)
+        else:
+            table = Table(*[str(c) for c in data.get("columns", [])])
+            for row in data.get("rows", [])[:50]:
+                table.add_row(*["" if v is None else str(v) for v in row])
+            out.print(table)
+    elif kind == "image" and part.get("path"):
+        return _save_image(client, chat_id, str(part["path"]), saved)
+    return None
+
+
+async def _save_image(client: Any, chat_id: str, path: str, saved: Path) -> None:
+    response = await client.get(f"/api/v1/chats/{chat_id}/files/{path}")
+    if response.status_code == 200:
+        await asyncio.to_thread(saved.mkdir, parents=True, exist_ok=True)
+        target = saved / Path(path).name
+        await asyncio.to_thread(target.write_bytes, response.content)
+        out.print(f"(image saved to {target})", markup=False)
+
+
+@app.command("chat")
+def chat(
+    ctx: typer.Context,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Sources to mention (@NAME:path).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="A remote service; default the local embedded one.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="DATASOURCES_API_KEY", help="The key for --url (or the env var)."),
+    ] = None,
+    save_to: Annotated[Path, typer.Option(help="Where images are saved.")] = Path("chat-images"),
+) -> None:
+    """Chat with your data in the terminal: @source:path references, ```python, /sql."""
+    import httpx
+
+    state = _state(ctx)
+
+    async def converse(client: Any) -> None:
+        listed = (await client.get("/api/v1/datasources", params={"limit": 200})).json()
+        names = {s["name"]: s for s in listed.get("items", [])} | {
+            s["id"]: s for s in listed.get("items", [])
+        }
+        for wanted in source or []:
+            if wanted not in names:
+                raise NotFoundError(f"Data source {wanted!r} not found.")
+        created = await client.post("/api/v1/chats", json={"title": "terminal"})
+        if created.status_code != 201:
+            raise DataSourceError(created.json().get("detail", "could not start a chat"))
+        chat_id = created.json()["id"]
+        shown = ", ".join(sorted({s["name"] for s in names.values()})) or "none"
+        out.print(
+            f"Chat {chat_id}. Sources: {shown}. Refer to data as @source:path; /quit to leave.",
+            markup=False,
+        )
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                break
+            if line.strip() in ("/quit", "/exit"):
+                break
+            if not line.strip():
+                continue
+            response = await client.post(
+                f"/api/v1/chats/{chat_id}/messages", json={"content": line}, timeout=600
+            )
+            if response.status_code != 200:
+                err.print(f"error: {response.json().get('detail', response.text)}", markup=False)
+                continue
+            for part in response.json()["reply"]["parts"]:
+                pending = _render_part(part, client, chat_id, save_to)
+                if pending is not None:
+                    await pending
+
+    async def local() -> None:
+        from datasources.api import create_app
+
+        settings = state.settings()
+        registry = DataSourceRegistry.from_settings(settings)
+        app_ = create_app(settings, registry=registry)
+        async with app_.router.lifespan_context(app_):
+            keys: ApiKeys = app_.state.keys
+            key = await keys.create("terminal-chat", owner=settings.owner, new_owner=True)
+            try:
+                transport = httpx.ASGITransport(app=app_)
+                async with httpx.AsyncClient(
+                    transport=transport,
+                    base_url="http://local",
+                    headers={"Authorization": f"Bearer {key.key}"},
+                    timeout=600,
+                ) as client:
+                    await converse(client)
+            finally:
+                await keys.revoke(key.id)
+        await registry.close()
+
+    async def remote() -> None:
+        if not api_key:
+            raise ConfigurationError("--url needs --api-key (or DATASOURCES_API_KEY).")
+        try:
+            async with httpx.AsyncClient(
+                base_url=str(url), headers={"Authorization": f"Bearer {api_key}"}, timeout=600
+            ) as client:
+                await converse(client)
+        except httpx.TransportError:
+            raise UnavailableError(f"The service at {url} cannot be reached.") from None
+
+    _run(remote() if url else local())
 
 
 @app.command("demo")

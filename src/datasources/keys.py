@@ -72,8 +72,11 @@ class ApiKeys:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal]] = {}
 
-    async def create(self, name: str, *, owner: str | None = None) -> CreatedKey:
-        """A new key named ``name``; for ``owner`` if given (it must exist already)."""
+    async def create(
+        self, name: str, *, owner: str | None = None, new_owner: bool = False
+    ) -> CreatedKey:
+        """A new key named ``name``; for ``owner`` if given (it must exist already, unless
+        ``new_owner``: the operator's own tools may act for an owner with nothing yet)."""
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise InvalidInputError(
                 "A key name is 1-200 letters, digits, spaces or . @ : _ - characters."
@@ -83,7 +86,7 @@ class ApiKeys:
                 raise InvalidInputError(
                     "An owner is 1-128 letters, digits or . @ : _ - characters."
                 )
-            if not await self._store.owner_exists(owner):
+            if not new_owner and not await self._store.owner_exists(owner):
                 raise NotFoundError(
                     f"Owner {owner!r} does not exist: create a key without --owner first, "
                     "or register a source for it."

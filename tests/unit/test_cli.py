@@ -419,3 +419,28 @@ def test_serve_demo_starts_the_service_with_a_key(home: Path) -> None:
         _out, err = proc.communicate(timeout=15)
     assert key not in err  # the access log names key ids, never keys
     assert '"event": "request"' in err
+
+
+def test_chat_in_the_terminal_against_the_embedded_service(
+    home: Path, folder: Path, tmp_path: Path
+) -> None:
+    ok(home, "sources", "add", "files", "--type", "local_folder", "-c", f"root={folder}")
+    script = "\n".join(
+        [
+            "@files:a.csv",
+            "```python",  # one line per message: a block on one line is not a block
+            "print(21 * 2)",
+            "/quit",
+        ]
+    )
+    env = {
+        "DATASOURCES_SANDBOX_LIMITS__POOL_SIZE": "0",
+        "DATASOURCES_LOCAL_FOLDER_ROOTS": str(folder),
+    }
+    result = cli(home, "chat", "--source", "files", "--save-to", str(tmp_path / "img"),
+                 env=env, input=script + "\n")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Sources: files" in result.output and "a.csv" in result.output
+    assert cli(home, "chat", "--source", "nope", input="/quit\n").exit_code == 1
+    remote = cli(home, "chat", "--url", "http://127.0.0.1:9", "--api-key", "k", input="/quit\n")
+    assert remote.exit_code == 1 and "cannot be reached" in remote.output
