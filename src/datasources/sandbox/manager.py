@@ -204,7 +204,12 @@ def _adopt(session: Session, workspace: Path) -> None:
         ours, theirs = slot / name, workspace / name
         if theirs.is_dir():
             for entry in list(theirs.iterdir()):
-                os.rename(entry, ours / entry.name)
+                clash = ours / entry.name
+                if clash.is_dir() and not clash.is_symlink():
+                    shutil.rmtree(clash)  # the fresh slot's own (a cache): the chat's wins
+                elif clash.exists() or clash.is_symlink():
+                    clash.unlink()
+                os.rename(entry, clash)
             theirs.rmdir()
         os.rename(ours, theirs)
     with contextlib.suppress(OSError):

@@ -226,7 +226,7 @@ def plan_launch(
 
     kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]
     if mode == "process":
-        env = _kernel_env(str(slot / "outputs"))
+        env = _kernel_env(str(sockets))  # a private folder, not outputs/ (caches land in HOME)
         return LaunchPlan(kernel, env, str(slot), preexec, str(sockets), cgroup)
     problem = bwrap_problem()
     if problem is not None:
@@ -243,10 +243,12 @@ def plan_launch(
         "--die-with-parent",
         "--new-session",
         *_system_binds(),
-        *_python_binds(),
         "--proc", "/proc",
         "--dev", "/dev",
+        # /tmp before anything that may live under it (a venv in /tmp): a tmpfs mounted
+        # later would hide those binds.
         "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+        *_python_binds(),
         "--bind", str(sockets), INSIDE_SOCKETS,
         "--ro-bind", str(slot / "data"), f"{INSIDE_WORKSPACE}/data",
         "--bind", str(slot / "outputs"), f"{INSIDE_WORKSPACE}/outputs",

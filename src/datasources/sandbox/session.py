@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from datasources.config import SandboxLimits
-from datasources.sandbox.runtime import LaunchPlan, plan_launch
+from datasources.sandbox.runtime import LaunchPlan, SandboxUnavailableError, plan_launch
 
 __all__ = ["Execution", "Part", "Session"]
 
@@ -134,7 +134,10 @@ class Session:
         except Exception:
             detail = self._stderr_tail()
             await self.close()
-            raise RuntimeError(f"The Python session did not start: {detail}") from None
+            logger.warning("A Python session did not start: %s", detail)
+            raise SandboxUnavailableError(
+                "The Python session did not start; the service log says why."
+            ) from None
         await asyncio.to_thread(self._find_kernel)
         if warm:
             await self.execute(_WARMUP, timeout=120)

@@ -15,12 +15,12 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from datasources.api.paging import keyset_page
 from datasources.api.routes.datasources import COMMON, _problem
 from datasources.api.security import CurrentPrincipal
 from datasources.chat import ChatService, DataRef, Event
 from datasources.chat.service import FetchedFile
 from datasources.config import ApiSettings
-from datasources.connectors.base import decode_cursor, encode_cursor
 from datasources.errors import DataSourceError
 from datasources.sandbox.session import Execution, Part
 from datasources.store import StoredChat, StoredMessage
@@ -154,11 +154,14 @@ def build_router(api: ApiSettings) -> APIRouter:
         limit: PageSize = None,
         cursor: Annotated[str | None, Query(max_length=1000)] = None,
     ) -> ChatList:
-        size = limit or api.default_page_size
-        after = decode_cursor(cursor) if cursor else None
-        chats = await service(request).list_chats(caller.owner, limit=size + 1, after=after)
-        page = chats[:size]
-        next_cursor = encode_cursor(page[-1].id) if len(chats) > size else None
+        chats = service(request)
+        page, next_cursor = await keyset_page(
+            lambda n, after: chats.list_chats(caller.owner, limit=n, after=after),
+            lambda chat: chat.id,
+            limit=limit,
+            cursor=cursor,
+            default=api.default_page_size,
+        )
         return ChatList(items=[ChatOut.of(c) for c in page], next_cursor=next_cursor)
 
     @router.get("/{chat_id}", response_model=ChatOut, summary="Get a chat", responses=CHAT)
@@ -180,11 +183,14 @@ def build_router(api: ApiSettings) -> APIRouter:
         limit: PageSize = None,
         cursor: Annotated[str | None, Query(max_length=1000)] = None,
     ) -> MessageList:
-        size = limit or api.default_page_size
-        after = decode_cursor(cursor) if cursor else None
-        found = await service(request).messages(caller.owner, chat_id, limit=size + 1, after=after)
-        page = found[:size]
-        next_cursor = encode_cursor(page[-1].id) if len(found) > size else None
+        chats = service(request)
+        page, next_cursor = await keyset_page(
+            lambda n, after: chats.messages(caller.owner, chat_id, limit=n, after=after),
+            lambda message: message.id,
+            limit=limit,
+            cursor=cursor,
+            default=api.default_page_size,
+        )
         return MessageList(items=[MessageOut.of(m) for m in page], next_cursor=next_cursor)
 
     @router.post(

@@ -23,6 +23,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from datasources.api.errors import PROBLEM_JSON, Problem
+from datasources.api.paging import keyset_page
 from datasources.api.schemas import (
     DataSourceCreate,
     DataSourceList,
@@ -33,7 +34,6 @@ from datasources.api.schemas import (
 )
 from datasources.api.security import OwnerRegistry
 from datasources.config import ApiSettings
-from datasources.connectors.base import decode_cursor, encode_cursor
 from datasources.errors import InvalidInputError
 from datasources.models import ConnectionStatus, DataItem
 from datasources.query_models import QueryResult, SchemaInfo
@@ -110,22 +110,17 @@ def build_router(api: ApiSettings) -> APIRouter:
         limit: PageSize = None,
         cursor: Annotated[str | None, Query(max_length=1000)] = None,
     ) -> Response:
-        size = limit or api.default_page_size
-        after = decode_cursor(cursor) if cursor else None
         # The registry keeps each source's public JSON document with its cached listing;
         # the page is those documents joined, not models serialised again per request.
-        documents = await registry.list_data_sources_json(limit=size + 1, after=after)
-        page = documents[:size]
-        next_cursor = None
-        if len(documents) > size:
-            next_cursor = encode_cursor(json.loads(page[-1])["id"])
-        body = (
-            b'{"items":['
-            + b",".join(page)
-            + b'],"next_cursor":'
-            + json.dumps(next_cursor).encode()
-            + b"}"
+        page, next_cursor = await keyset_page(
+            lambda n, after: registry.list_data_sources_json(limit=n, after=after),
+            lambda document: str(json.loads(document)["id"]),
+            limit=limit,
+            cursor=cursor,
+            default=api.default_page_size,
         )
+        body = b'{"items":[' + b",".join(page) + b'],"next_cursor":'
+        body += json.dumps(next_cursor).encode() + b"}"
         return Response(body, media_type="application/json")
 
     @router.get(
