@@ -247,3 +247,17 @@ async def test_deleting_a_chat_deletes_its_workspace_and_session(chat_api: Api) 
     assert (await api.request("GET", f"{CHATS}/{chat}")).status_code == 404
     listed = await api.request("GET", CHATS)
     assert listed.json()["items"] == []
+
+
+async def test_old_chats_expire_with_their_workspaces(chat_api: Api) -> None:
+    api = chat_api
+    chat = await _chat(api)
+    chats = api.app.state.chats
+    assert await chats.expire() == 0  # a fresh chat stays
+    chats.settings = chats.settings.model_copy(
+        update={"sandbox_limits": chats.settings.sandbox_limits.model_copy(
+            update={"workspace_max_age_days": 1e-9})}
+    )  # fmt: skip
+    assert await chats.expire() == 1
+    assert not (api.settings.workspaces_dir / chat).exists()
+    assert (await api.request("GET", f"{CHATS}/{chat}")).status_code == 404
