@@ -425,8 +425,8 @@ class Workspace:
             raise PermissionDeniedError(f"The workspace {str(root)!r} is not writable.") from None
         self.manifest_path = self._state / "manifest.jsonl"
         self.byte_budget: int | None = None
-        """A cap on each file written from now on (a chat's quota left), besides the
-        connector's own ``max_download_bytes``."""
+        """Bytes left for files written from now on (a chat's quota); each file is capped at
+        it, besides the connector's own ``max_download_bytes``, and spends it."""
         self._entries: dict[str, ManifestEntry] = {}
         self._offset = 0
         self._lock = threading.Lock()
@@ -484,6 +484,8 @@ class Workspace:
             await asyncio.to_thread(file.abort)
             raise
         await asyncio.to_thread(file.commit)
+        if self.byte_budget is not None:  # what this file took is no longer left
+            self.byte_budget = max(self.byte_budget - file.bytes_written, 0)
         if provenance is not None:
             st = target.stat()
             entry = ManifestEntry(

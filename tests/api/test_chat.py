@@ -261,3 +261,31 @@ async def test_old_chats_expire_with_their_workspaces(chat_api: Api) -> None:
     assert await chats.expire() == 1
     assert not (api.settings.workspaces_dir / chat).exists()
     assert (await api.request("GET", f"{CHATS}/{chat}")).status_code == 404
+
+
+async def test_a_prefix_over_the_quota_is_refused_before_fetching(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(
+        update={"sandbox_limits": settings.sandbox_limits.model_copy(
+            update={"workspace_quota_bytes": 2500})}
+    )  # fmt: skip
+    (tmp_path / "data" / "many").mkdir(parents=True)
+    for i in range(4):  # each alone fits; together they do not
+        (tmp_path / "data" / "many" / f"f{i}.bin").write_bytes(b"x" * 1000)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        key = await app.state.keys.create("k")
+        headers = {"Authorization": f"Bearer {key.key}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+            folder = {"name": "f", "type": "local_folder",
+                      "config": {"root": str(tmp_path / "data")}}  # fmt: skip
+            assert (await client.post(SOURCES, json=folder, headers=headers)).status_code == 201
+            chat = (await client.post(CHATS, json={}, headers=headers)).json()["id"]
+            reply = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:many/"},
+                                      headers=headers)  # fmt: skip
+            parts = reply.json()["reply"]["parts"]
+            assert parts[0]["name"] == "limit_exceeded" and "4000 bytes" in parts[0]["text"]
+            files = (await client.get(f"{CHATS}/{chat}/files", headers=headers)).json()["items"]
+            assert files == []

@@ -248,6 +248,14 @@ class ChatService:
                         )
                     local = [await connector.fetch_data(ref.target, workspace)]
                 elif ref.kind == "prefix":
+                    listed = await connector.list_items(ref.target)
+                    total = sum(i.size or 0 for i in listed if i.kind == "file")
+                    if total > workspace.byte_budget:
+                        raise LimitExceededError(
+                            f"{label} lists {total} bytes; the chat has "
+                            f"{workspace.byte_budget} bytes of its quota left.",
+                            details={"ref": label[:200], "quota": quota},
+                        )
                     report = await connector.fetch_prefix(ref.target, workspace)
                     if report.failed:
                         first = report.failed[0]
