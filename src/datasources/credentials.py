@@ -166,13 +166,21 @@ def _redact_record(record: logging.LogRecord) -> None:
         record.stack_info = redact(record.stack_info)
 
 
+_STANDARD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)).keys()
+    | {"message", "asctime", "msg"}
+) - {"exc_text", "stack_info"}
+
+
 class RedactingFilter(logging.Filter):
     """A handler filter that redacts the message, exception text and string extras."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         _redact_record(record)
         for key, value in list(vars(record).items()):
-            if isinstance(value, str) and key not in {"msg", "name", "levelname", "pathname"}:
+            # The standard attributes are the logger's own (names, paths, levels); only
+            # extras passed with ``extra=`` can carry someone's text.
+            if isinstance(value, str) and key not in _STANDARD_ATTRIBUTES:
                 setattr(record, key, redact(value))
         return True
 
