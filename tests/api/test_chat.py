@@ -202,15 +202,15 @@ async def test_bad_references_are_refused_before_anything_is_fetched(chat_api: A
     assert (await api.request("GET", f"{CHATS}/{chat}/messages")).json()["items"] == []
 
 
-async def test_the_quota_is_checked_before_and_while_fetching(tmp_path: Path) -> None:
+async def _quota_chat(
+    tmp_path: Path, quota: int
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], str]]:
+    """A service whose chats have ``quota`` bytes, a folder source ``f`` and one chat."""
     settings = make_settings(tmp_path)
     settings = settings.model_copy(
         update={"sandbox_limits": settings.sandbox_limits.model_copy(
-            update={"workspace_quota_bytes": 1500})}
+            update={"workspace_quota_bytes": quota})}
     )  # fmt: skip
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "big.bin").write_bytes(b"x" * 2000)
-    (tmp_path / "data" / "small.bin").write_bytes(b"x" * 1000)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         key = await app.state.keys.create("k")
@@ -218,22 +218,27 @@ async def test_the_quota_is_checked_before_and_while_fetching(tmp_path: Path) ->
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as client:
-            folder = {
-                "name": "f",
-                "type": "local_folder",
-                "config": {"root": str(tmp_path / "data")},
-            }
+            folder = {"name": "f", "type": "local_folder",
+                      "config": {"root": str(tmp_path / "data")}}  # fmt: skip
             assert (await client.post(SOURCES, json=folder, headers=headers)).status_code == 201
             chat = (await client.post(CHATS, json={}, headers=headers)).json()["id"]
-            big = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:big.bin"},
-                                    headers=headers)  # fmt: skip
-            reply = big.json()["reply"]["parts"]
-            assert reply[0]["type"] == "error" and reply[0]["name"] == "limit_exceeded"
-            ok = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:small.bin"},
-                                   headers=headers)  # fmt: skip
-            assert ok.json()["reply"]["parts"][0]["type"] != "error"
-            files = (await client.get(f"{CHATS}/{chat}/files", headers=headers)).json()["items"]
-            assert [f["path"] for f in files] == ["data/f/small.bin"]
+            yield client, headers, chat
+
+
+async def test_the_quota_is_checked_before_and_while_fetching(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.bin").write_bytes(b"x" * 2000)
+    (tmp_path / "data" / "small.bin").write_bytes(b"x" * 1000)
+    async for client, headers, chat in _quota_chat(tmp_path, 1500):
+        big = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:big.bin"},
+                                headers=headers)  # fmt: skip
+        reply = big.json()["reply"]["parts"]
+        assert reply[0]["type"] == "error" and reply[0]["name"] == "limit_exceeded"
+        ok = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:small.bin"},
+                               headers=headers)  # fmt: skip
+        assert ok.json()["reply"]["parts"][0]["type"] != "error"
+        files = (await client.get(f"{CHATS}/{chat}/files", headers=headers)).json()["items"]
+        assert [f["path"] for f in files] == ["data/f/small.bin"]
 
 
 async def test_deleting_a_chat_deletes_its_workspace_and_session(chat_api: Api) -> None:
@@ -264,28 +269,13 @@ async def test_old_chats_expire_with_their_workspaces(chat_api: Api) -> None:
 
 
 async def test_a_prefix_over_the_quota_is_refused_before_fetching(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    settings = settings.model_copy(
-        update={"sandbox_limits": settings.sandbox_limits.model_copy(
-            update={"workspace_quota_bytes": 2500})}
-    )  # fmt: skip
     (tmp_path / "data" / "many").mkdir(parents=True)
     for i in range(4):  # each alone fits; together they do not
         (tmp_path / "data" / "many" / f"f{i}.bin").write_bytes(b"x" * 1000)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        key = await app.state.keys.create("k")
-        headers = {"Authorization": f"Bearer {key.key}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t"
-        ) as client:
-            folder = {"name": "f", "type": "local_folder",
-                      "config": {"root": str(tmp_path / "data")}}  # fmt: skip
-            assert (await client.post(SOURCES, json=folder, headers=headers)).status_code == 201
-            chat = (await client.post(CHATS, json={}, headers=headers)).json()["id"]
-            reply = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:many/"},
-                                      headers=headers)  # fmt: skip
-            parts = reply.json()["reply"]["parts"]
-            assert parts[0]["name"] == "limit_exceeded" and "4000 bytes" in parts[0]["text"]
-            files = (await client.get(f"{CHATS}/{chat}/files", headers=headers)).json()["items"]
-            assert files == []
+    async for client, headers, chat in _quota_chat(tmp_path, 2500):
+        reply = await client.post(f"{CHATS}/{chat}/messages", json={"content": "@f:many/"},
+                                  headers=headers)  # fmt: skip
+        parts = reply.json()["reply"]["parts"]
+        assert parts[0]["name"] == "limit_exceeded" and "4000 bytes" in parts[0]["text"]
+        files = (await client.get(f"{CHATS}/{chat}/files", headers=headers)).json()["items"]
+        assert files == []
