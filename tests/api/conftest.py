@@ -78,6 +78,16 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
             yield Api(app, client, alice, bob, settings, folder)
 
 
+async def served(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    """The app on ``settings`` (lifespan entered), a client, and one API key's headers."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        key = await app.state.keys.create("k")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            yield c, {"Authorization": f"Bearer {key.key}"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,8 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from datasources.api import create_app
-from tests.api.conftest import LiveServer, make_settings
+from tests.api.conftest import LiveServer, make_settings, served
 
 pytestmark = [pytest.mark.api, pytest.mark.integration]
 
@@ -58,12 +57,8 @@ async def _app_with_model(
     settings = make_settings(tmp_path, pool_size=1).model_copy(
         update={"llm_base_url": f"{server.url}/v1", "llm_model": "scripted", **extra}
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        key = await app.state.keys.create("k")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
-            yield c, {"Authorization": f"Bearer {key.key}"}
+    async for pair in served(settings):
+        yield pair
 
 
 async def test_the_loop_uses_tools_and_shares_only_what_sources_allow(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from datasources.api import create_app
-from tests.api.conftest import Api, make_settings
+from tests.api.conftest import Api, make_settings, served
 
 pytestmark = [pytest.mark.api, pytest.mark.integration]
 
@@ -211,18 +211,11 @@ async def _quota_chat(
         update={"sandbox_limits": settings.sandbox_limits.model_copy(
             update={"workspace_quota_bytes": quota})}
     )  # fmt: skip
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        key = await app.state.keys.create("k")
-        headers = {"Authorization": f"Bearer {key.key}"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t"
-        ) as client:
-            folder = {"name": "f", "type": "local_folder",
-                      "config": {"root": str(tmp_path / "data")}}  # fmt: skip
-            assert (await client.post(SOURCES, json=folder, headers=headers)).status_code == 201
-            chat = (await client.post(CHATS, json={}, headers=headers)).json()["id"]
-            yield client, headers, chat
+    async for client, headers in served(settings):
+        folder = {"name": "f", "type": "local_folder", "config": {"root": str(tmp_path / "data")}}
+        assert (await client.post(SOURCES, json=folder, headers=headers)).status_code == 201
+        chat = (await client.post(CHATS, json={}, headers=headers)).json()["id"]
+        yield client, headers, chat
 
 
 async def test_the_quota_is_checked_before_and_while_fetching(tmp_path: Path) -> None:

@@ -9,22 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from datasources.api import create_app
 from datasources.config import ApiSettings, SandboxLimits, Settings
+from tests.api.conftest import served
 from tests.conftest import require_service
 
 pytestmark = pytest.mark.api
 
 SOURCES = "/api/v1/datasources"
-
-
-async def _client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        key = await app.state.keys.create("k")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client, {"Authorization": f"Bearer {key.key}"}
 
 
 @pytest.fixture
@@ -35,7 +26,7 @@ async def strict(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[
         api=ApiSettings(rate_limit_per_minute=0),
         sandbox_limits=SandboxLimits(pool_size=0),
     )
-    async for pair in _client(settings):
+    async for pair in served(settings):
         yield pair
 
 
@@ -123,7 +114,7 @@ async def test_allowed_hosts_and_roots_open_exactly_what_they_name(tmp_path: Pat
         api=ApiSettings(rate_limit_per_minute=0),
         sandbox_limits=SandboxLimits(pool_size=0),
     )
-    async for client, auth in _client(settings):
+    async for client, auth in served(settings):
         pg = {"name": "pg", "type": "postgresql", "config": {"dsn": dsn}}
         created = await client.post(SOURCES, json=pg, headers=auth)
         assert created.status_code == 201, created.text

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from datasources.api import create_app
 from datasources.config import ApiSettings, SandboxLimits, Settings
 from datasources.sandbox import runtime
 from datasources.sandbox.manager import SandboxManager
+from tests.api.conftest import served
 
 pytestmark = pytest.mark.sandbox
-
-
-async def _client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        key = await app.state.keys.create("k")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
-            yield c, {"Authorization": f"Bearer {key.key}"}
 
 
 def _settings(tmp_path: Path, mode: str) -> Settings:
@@ -42,7 +31,7 @@ async def test_without_bubblewrap_code_is_refused_with_the_reason(
     monkeypatch.setattr(
         "datasources.sandbox.manager.bwrap_problem", lambda: "bubblewrap (bwrap) is not installed"
     )
-    async for client, auth in _client(_settings(tmp_path, "bwrap")):
+    async for client, auth in served(_settings(tmp_path, "bwrap")):
         chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
         response = await client.post(
             f"/api/v1/chats/{chat}/execute", json={"code": "1+1"}, headers=auth
@@ -60,7 +49,7 @@ async def test_without_bubblewrap_code_is_refused_with_the_reason(
 async def test_process_mode_runs_code_with_limits_but_says_it_is_not_isolated(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async for client, auth in _client(_settings(tmp_path, "process")):
+    async for client, auth in served(_settings(tmp_path, "process")):
         assert "WITHOUT isolation" in caplog.text
         chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
         url = f"/api/v1/chats/{chat}/execute"
