@@ -13,6 +13,9 @@ The public API::
             path = await connector.fetch_data(items[0].path, "/tmp/workspace")
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from datasources.config import PoolSettings, Settings
 from datasources.connectors.base import BaseConnector, ConnectorConfig, ProgressCallback
 from datasources.connectors.local_folder import LocalFolderConfig, LocalFolderConnector
@@ -51,9 +54,44 @@ from datasources.workspace import ManifestEntry, Workspace
 
 __version__ = "0.1.0"
 
+# Connectors whose drivers are optional extras load on first use, so that importing
+# ``datasources`` needs neither the Azure SDK nor asyncpg (PEP 562).
+_LAZY: dict[str, str] = {
+    "AzureBlobConfig": "datasources.connectors.azure_blob",
+    "AzureBlobConnector": "datasources.connectors.azure_blob",
+    "PostgreSQLConfig": "datasources.connectors.postgresql",
+    "PostgreSQLConnector": "datasources.connectors.postgresql",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'datasources' has no attribute {name!r}")
+    extra = "azure" if "azure" in module else "postgresql"
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{name} needs optional dependencies: pip install 'datasources[{extra}]'"
+        ) from exc
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from datasources.connectors.azure_blob import AzureBlobConfig, AzureBlobConnector
+    from datasources.connectors.postgresql import PostgreSQLConfig, PostgreSQLConnector
+
 __all__ = [
     "AlreadyExistsError",
     "AuthenticationError",
+    "AzureBlobConfig",
+    "AzureBlobConnector",
     "BaseConnector",
     "ConfigurationError",
     "ConnectionPool",
@@ -81,6 +119,8 @@ __all__ = [
     "PermissionDeniedError",
     "PoolSettings",
     "PoolStats",
+    "PostgreSQLConfig",
+    "PostgreSQLConnector",
     "ProgressCallback",
     "ReadOnlyError",
     "Settings",

@@ -29,6 +29,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from datasources.config import Settings
 from datasources.connectors.base import BaseConnector
@@ -58,7 +59,45 @@ __all__ = ["app", "main"]
 
 T = TypeVar("T")
 
+
+class _GlobalOptionsGroup(TyperGroup):
+    """The root command: ``--json``, ``--home`` and ``-v`` also work after a subcommand.
+
+    Click reads a group's options only before the subcommand's name. The global options
+    are few and take no value that could look like another option, so they are moved in
+    front of the subcommand before parsing; everything after ``--`` is left as it is.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
+_GLOBAL_FLAGS = frozenset({"--json", "--verbose", "-v"})
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with the global options (wherever they stand) first, in their order."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        if arg in _GLOBAL_FLAGS or arg.startswith("--home="):
+            hoisted.append(arg)
+        elif arg == "--home" and index + 1 < len(args):
+            hoisted += args[index : index + 2]
+            index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    return hoisted + rest
+
+
 app = typer.Typer(
+    cls=_GlobalOptionsGroup,
     name="datasources",
     help="Uniform, safe access to external data: register sources, list, fetch, upload.",
     no_args_is_help=True,

@@ -444,3 +444,34 @@ def test_chat_in_the_terminal_against_the_embedded_service(
     assert cli(home, "chat", "--source", "nope", input="/quit\n").exit_code == 1
     remote = cli(home, "chat", "--url", "http://127.0.0.1:9", "--api-key", "k", input="/quit\n")
     assert remote.exit_code == 1 and "cannot be reached" in remote.output
+
+
+def test_global_options_work_after_the_subcommand(home: Path, folder: Path) -> None:
+    """``--json`` and ``--home`` go before or after the command, as users write them."""
+    runner.invoke(app, ["sources", "add", "F", "--type", "local_folder", "-c", f"root={folder}",
+                        "--home", str(home)])  # fmt: skip
+    after = runner.invoke(app, ["sources", "list", "--json", "--home", str(home)])
+    assert after.exit_code == 0, after.output
+    assert [s["id"] for s in json.loads(after.output)] == ["f"]
+    before = runner.invoke(app, ["--json", "--home", str(home), "sources", "list"])
+    assert json.loads(before.output) == json.loads(after.output)
+
+    created = runner.invoke(app, ["keys", "create", "ci-bot", "--json", f"--home={home}"])
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.output)
+    assert body["name"] == "ci-bot" and body["key"].startswith("dsk_")
+    # After "--" an argument is an argument, even when it looks like a global option.
+    dashed = runner.invoke(app, ["--home", str(home), "keys", "create", "--", "--json"])
+    assert dashed.exit_code == 0, dashed.output
+    names = [k["name"] for k in json.loads(ok(home, "keys", "list", "--json"))]
+    assert names == ["ci-bot", "--json"]
+
+
+def test_hoisting_leaves_other_arguments_in_order() -> None:
+    from datasources.cli import hoist_global_options
+
+    assert hoist_global_options(["get", "s", "a.csv", "--json", "ws", "-v"]) == [
+        "--json", "-v", "get", "s", "a.csv", "ws"
+    ]  # fmt: skip
+    assert hoist_global_options(["ls", "--home", "/h", "x"]) == ["--home", "/h", "ls", "x"]
+    assert hoist_global_options(["q", "--", "--json"]) == ["q", "--", "--json"]
