@@ -33,6 +33,7 @@ from typer.core import TyperGroup
 
 from datasources.config import Settings
 from datasources.connectors.base import BaseConnector
+from datasources.connectors.sql import as_sql
 from datasources.credentials import (
     CredentialManager,
     RedactingFilter,
@@ -45,7 +46,6 @@ from datasources.credentials import (
 from datasources.errors import (
     ConfigurationError,
     DataSourceError,
-    InvalidInputError,
     NotFoundError,
     UnavailableError,
 )
@@ -558,10 +558,7 @@ def query(
     state = _state(ctx)
 
     async def run(connector: BaseConnector[Any]) -> Any:
-        execute = getattr(connector, "execute_query", None)
-        if execute is None:
-            raise InvalidInputError(f"Source {source!r} does not run queries.")
-        return await execute(sql, max_rows=max_rows)
+        return await as_sql(connector, source).execute_query(sql, max_rows=max_rows)
 
     result = _run(_borrow(state, source, run))
     if state.json:

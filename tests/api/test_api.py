@@ -291,3 +291,16 @@ async def test_concurrent_requests_share_pools(api: Api) -> None:
         *(api.request("GET", f"{SOURCES}/{source}/items") for _ in range(20))
     )
     assert {r.status_code for r in responses} == {200}
+
+
+async def test_database_routes_on_a_folder_say_it_is_not_a_database(api: Api) -> None:
+    source = await api.add_folder_source()
+    for method, route, body in (
+        ("POST", "query", {"sql": "SELECT 1"}),
+        ("GET", "schema", None),
+    ):
+        response = await api.request(method, f"{SOURCES}/{source}/{route}", json=body)
+        assert response.status_code == 400, response.text
+        problem = response.json()
+        assert problem["code"] == "not_a_database"
+        assert "not a database" in problem["detail"]

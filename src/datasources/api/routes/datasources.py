@@ -34,7 +34,7 @@ from datasources.api.schemas import (
 )
 from datasources.api.security import OwnerRegistry
 from datasources.config import ApiSettings
-from datasources.errors import InvalidInputError
+from datasources.connectors.sql import as_sql
 from datasources.models import ConnectionStatus, DataItem
 from datasources.query_models import QueryResult, SchemaInfo
 
@@ -207,11 +207,7 @@ def build_router(api: ApiSettings) -> APIRouter:
         refresh: bool = False,
     ) -> SchemaInfo:
         async with registry.get_connector(source_id) as connector:
-            get_schema = getattr(connector, "get_schema", None)
-            if get_schema is None:
-                raise InvalidInputError("This source is not a database: it has no schema.")
-            result: SchemaInfo = await get_schema(refresh=refresh)
-            return result
+            return await as_sql(connector).get_schema(refresh=refresh)
 
     @router.post(
         "/{source_id}/query",
@@ -223,13 +219,9 @@ def build_router(api: ApiSettings) -> APIRouter:
         source_id: SourceId, body: QueryRequest, registry: OwnerRegistry
     ) -> QueryResult:
         async with registry.get_connector(source_id) as connector:
-            execute = getattr(connector, "execute_query", None)
-            if execute is None:
-                raise InvalidInputError("This source is not a database: it runs no SQL.")
-            result: QueryResult = await execute(
+            return await as_sql(connector).execute_query(
                 body.sql, body.params, max_rows=body.max_rows, timeout=body.timeout
             )
-            return result
 
     @router.get(
         "/{source_id}/download",
