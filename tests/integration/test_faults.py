@@ -1,0 +1,104 @@
+"""Faults on the wire, made by a loopback proxy (tests/faults.py) between us and a server.
+
+Each case breaks a transfer while it runs and checks what the caller sees (a clear
+error), what is left on disk (nothing partial) and that the next call succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from datasources.connectors.azure_blob import AzureBlobConnector
+from datasources.errors import DataSourceError
+from tests.faults import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+SIZE = 24 * 1024 * 1024
+
+
+def _through(proxy: FaultProxy, azurite: dict[str, str]) -> str:
+    url = azurite["url"]
+    parts = urlsplit(url)
+    proxied = url.replace(parts.netloc, f"{proxy.host}:{proxy.port}")
+    return azurite["connection_string"].replace(url, proxied)
+
+
+@pytest.fixture
+async def big_blob(container: Any) -> bytes:
+    payload = os.urandom(SIZE)
+    await container.upload_blob("big.bin", payload, overwrite=True, max_concurrency=4)
+    return payload
+
+
+def _left_behind(workspace: Path) -> list[str]:
+    tmp = workspace / ".datasources" / "tmp"
+    names = [p.name for p in tmp.iterdir()] if tmp.exists() else []
+    return names + (["big.bin"] if (workspace / "big.bin").exists() else [])
+
+
+@pytest.mark.parametrize("fault", ["reset", "cut"])
+async def test_azure_connection_broken_mid_download(
+    fault: str, azurite: dict[str, str], container: Any, big_blob: bytes, tmp_path: Path
+) -> None:
+    host, port = urlsplit(azurite["url"]).netloc.split(":")
+    async with FaultProxy(host, int(port)) as proxy:
+        proxy.throttle(8 * 1024 * 1024)  # slow enough to break it half-way
+        config = {
+            "connection_string": _through(proxy, azurite),
+            "container_name": container.container_name,
+            "chunk_size": 4 * 1024 * 1024,
+            "max_concurrency": 2,
+            "timeout": 5,
+        }
+        workspace = tmp_path / "ws"
+        async with AzureBlobConnector(config, source_id="faulty") as connector:
+            fetch = asyncio.create_task(connector.fetch_data("big.bin", workspace))
+            await proxy.wait_for_bytes(down=2 * 1024 * 1024)
+            proxy.refuse()  # retries find nobody either
+            proxy.reset() if fault == "reset" else proxy.cut()
+            with pytest.raises(DataSourceError) as info:
+                async with asyncio.timeout(120):
+                    await fetch
+            assert info.value.transient, info.value
+            assert _left_behind(workspace) == []
+
+            proxy.heal()
+            local = await connector.fetch_data("big.bin", workspace)
+            assert local.read_bytes() == big_blob
+
+
+async def test_azure_stalled_mid_download_times_out(
+    azurite: dict[str, str], container: Any, big_blob: bytes, tmp_path: Path
+) -> None:
+    host, port = urlsplit(azurite["url"]).netloc.split(":")
+    async with FaultProxy(host, int(port)) as proxy:
+        proxy.throttle(8 * 1024 * 1024)
+        config = {
+            "connection_string": _through(proxy, azurite),
+            "container_name": container.container_name,
+            "chunk_size": 4 * 1024 * 1024,
+            "max_concurrency": 2,
+            "timeout": 2,
+        }
+        workspace = tmp_path / "ws"
+        async with AzureBlobConnector(config, source_id="stalled") as connector:
+            fetch = asyncio.create_task(connector.fetch_data("big.bin", workspace))
+            await proxy.wait_for_bytes(down=2 * 1024 * 1024)
+            proxy.stall()
+            with pytest.raises(DataSourceError) as info:
+                # Bounded by the source's own timeout (and its retries), not by this one.
+                async with asyncio.timeout(120):
+                    await fetch
+            assert info.value.transient, info.value
+            assert _left_behind(workspace) == []
+            proxy.cut()
+            proxy.heal()
+            local = await connector.fetch_data("big.bin", workspace)
+            assert local.read_bytes() == big_blob
