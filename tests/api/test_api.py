@@ -304,3 +304,22 @@ async def test_database_routes_on_a_folder_say_it_is_not_a_database(api: Api) ->
         problem = response.json()
         assert problem["code"] == "not_a_database"
         assert "not a database" in problem["detail"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_docs_pages_load_everything_from_this_service(api: Api, page: str) -> None:
+    """No CDN: every script, style and icon the page names is served here."""
+    import re
+
+    html = await api.client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html.text)
+    assets = [u for u in urls if not u.startswith("/openapi.json")]
+    assert assets, html.text
+    for url in assets:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        served = await api.client.get(url)
+        assert served.status_code == 200 and len(served.content) > 1000, url
+    assert "fonts.googleapis" not in html.text
+    outside = await api.client.get("/static/docs/../../../../etc/passwd")
+    assert outside.status_code == 404

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from datasources import __version__
+from datasources.api.docs import install_docs
 from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
 from datasources.api.routes import chats as chat_routes
@@ -106,6 +107,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs: no CDN
+        redoc_url=None,
         openapi_tags=[
             {"name": "data sources", "description": "Register sources and reach their data."},
             {"name": "chats", "description": "Chats with data: references, files, code."},
@@ -117,6 +120,7 @@ def create_app(
         settings.api.rate_limit_per_minute, settings.api.rate_limit_burst
     )
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(datasources.build_router(settings.api))
     app.include_router(chat_routes.build_router(settings.api))
