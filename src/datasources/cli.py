@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from datasources.config import Settings
 from datasources.connectors.base import BaseConnector
@@ -71,6 +72,37 @@ class _GlobalOptionsGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(args))
 
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Usage errors as one line on stderr (exit 2), like every other failure."""
+
+        def run(standalone: bool) -> Any:
+            return super(_GlobalOptionsGroup, self).main(
+                args, prog_name, complete_var, standalone, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run(False)
+        try:
+            result = run(False)
+        except TyperException as exc:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            context = getattr(exc, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            err.print(f"error: {message}{hint}", markup=False)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
+        except typer.Abort:
+            err.print("error: aborted", markup=False)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 _GLOBAL_FLAGS = frozenset({"--json", "--verbose", "-v"})
 
@@ -103,10 +135,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, not as "<bool>"
 )
-sources_app = typer.Typer(help="Register and manage data sources.", no_args_is_help=True)
-secrets_app = typer.Typer(help="Encryption keys and stored secrets.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys of the HTTP service.", no_args_is_help=True)
+sources_app = typer.Typer(
+    help="Register and manage data sources.", no_args_is_help=True, rich_markup_mode=None
+)
+secrets_app = typer.Typer(
+    help="Encryption keys and stored secrets.", no_args_is_help=True, rich_markup_mode=None
+)
+keys_app = typer.Typer(
+    help="API keys of the HTTP service.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(sources_app, name="sources")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(keys_app, name="keys")

@@ -475,3 +475,28 @@ def test_hoisting_leaves_other_arguments_in_order() -> None:
     ]  # fmt: skip
     assert hoist_global_options(["ls", "--home", "/h", "x"]) == ["--home", "/h", "ls", "x"]
     assert hoist_global_options(["q", "--", "--json"]) == ["q", "--", "--json"]
+
+
+def test_usage_errors_are_one_line_and_flags_look_like_flags(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCES_")}
+    env["DATASOURCES_HOME"] = str(home)
+    cmd = [sys.executable, "-m", "datasources.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    for args, words in (
+        (["sources", "nope"], "No such command 'nope'"),
+        (["sources", "add", "x"], "Missing option '--type'"),
+        (["ls"], "Missing argument"),
+        (["query", "s", "select 1", "--max-rows", "zero"], "Invalid value for '--max-rows'"),
+    ):
+        done = run(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+        assert done.stdout == ""
+    helped = run("sources", "add", "--help")
+    assert helped.returncode == 0
+    assert "<bool>" not in helped.stdout and "--read-only " in helped.stdout
+    assert "╭" not in helped.stdout + run("--help").stdout  # plain text, no boxes
