@@ -89,13 +89,32 @@ _MARKERS: list[tuple[str, ...]] = [
 """For each of :data:`_PATTERNS`, substrings (lower case) without which it cannot match."""
 
 
+_WHOLE_TOKEN_BELOW = 16
+"""Secrets shorter than this are redacted only where they stand as a whole token."""
+
+
+def _token_pattern(secret: str) -> re.Pattern[str] | None:
+    """How a short secret is found: not inside a longer word (``sales`` in ``sales_2026``).
+
+    A short password can be an ordinary word; replacing it inside every identifier that
+    contains it garbles messages (``relation "***_2026"``) and, worse, tells a reader
+    which word the password is. Long secrets (keys, tokens) cannot collide with words by
+    chance and are removed wherever they occur.
+    """
+    if len(secret) >= _WHOLE_TOKEN_BELOW:
+        return None
+    before = r"(?<![A-Za-z0-9_])" if secret[0].isalnum() or secret[0] == "_" else ""
+    after = r"(?![A-Za-z0-9_])" if secret[-1].isalnum() or secret[-1] == "_" else ""
+    return re.compile(before + re.escape(secret) + after)
+
+
 class _SecretRegistry:
     """Plain-text secrets this process has seen, so logs can scrub them verbatim."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: set[str] = set()
-        self._ordered: tuple[str, ...] = ()
+        self._ordered: tuple[tuple[str, re.Pattern[str] | None], ...] = ()
 
     def add(self, value: str) -> None:
         if len(value) < _MIN_SECRET_LEN or value in self._values:
@@ -103,12 +122,15 @@ class _SecretRegistry:
         with self._lock:
             self._values.add(value)
             # Longest first, so a secret that contains another is replaced whole.
-            self._ordered = tuple(sorted(self._values, key=len, reverse=True))
+            self._ordered = tuple(
+                (secret, _token_pattern(secret))
+                for secret in sorted(self._values, key=len, reverse=True)
+            )
 
     def __contains__(self, value: object) -> bool:
         return value in self._values
 
-    def values(self) -> tuple[str, ...]:
+    def values(self) -> tuple[tuple[str, re.Pattern[str] | None], ...]:
         return self._ordered
 
 
@@ -123,9 +145,9 @@ def register_secret(value: str | None) -> None:
 
 def redact(text: str) -> str:
     """Remove every known secret value and every common secret shape from ``text``."""
-    for secret in _SECRETS.values():
+    for secret, token in _SECRETS.values():
         if secret in text:
-            text = text.replace(secret, "***")
+            text = text.replace(secret, "***") if token is None else token.sub("***", text)
     # Each shape needs a marker a plain substring test finds far faster than the regex
     # scan (a log line on every request pays this).
     lowered = text.lower()

@@ -181,3 +181,20 @@ def test_key_file_is_created_only_when_a_secret_is_stored(tmp_path: Path, canary
     with pytest.raises(MissingKeyError):
         locked.encrypt(canary)
     assert not (tmp_path / "other.key").exists()
+
+
+def test_short_secrets_are_redacted_as_tokens_not_inside_words() -> None:
+    """A password that is also a word must not garble identifiers that contain it."""
+    from datasources.credentials import register_secret
+
+    register_secret("sales")
+    register_secret("wrong")
+    assert redact('relation "sales_2026" does not exist') == 'relation "sales_2026" does not exist'
+    assert redact("source wrongpw failed") == "source wrongpw failed"
+    assert redact("password 'sales' was rejected") == "password '***' was rejected"
+    assert redact("postgresql://u:sales@db/x") == "postgresql://u:***@db/x"
+    assert redact("sales") == "***" and redact("wrong, sales.") == "***, ***."
+    # Long secrets (keys, tokens) go wherever they appear, even glued to other text.
+    token = "tk" + "9f" * 12
+    register_secret(token)
+    assert token not in redact(f"x{token}y") and redact(f"x{token}y") == "x***y"
