@@ -288,8 +288,32 @@ class CredentialManager:
         self._create_key_file = create_key_file
         self._fernet: MultiFernet | None = None
         self._key_count = 0
+        self._file_seen = self._file_identity()
         self._set_keys(keys or ())
         install_log_redaction()
+
+    def _file_identity(self) -> tuple[int, int, int] | None:
+        if self._key_file is None:
+            return None
+        try:
+            info = self._key_file.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def _reload_if_changed(self) -> bool:
+        """Read the key file again if it appeared or changed since it was read; whether so.
+
+        Another process (the CLI beside a running service) may create the key file or
+        rotate a key into it; a miss re-checks the file instead of failing until restart.
+        """
+        seen = self._file_identity()
+        if seen is None or seen == self._file_seen:
+            return False
+        self._file_seen = seen
+        self._set_keys(load_key_file(self._key_file, create=False))  # type: ignore[arg-type]
+        logger.info("Encryption keys re-read from the key file (it changed).")
+        return True
 
     def _set_keys(self, keys: Sequence[str | bytes]) -> None:
         fernets: list[Fernet] = []
@@ -330,8 +354,11 @@ class CredentialManager:
         return self._key_count
 
     def _require(self) -> MultiFernet:
+        if self._fernet is None:
+            self._reload_if_changed()
         if self._fernet is None and self._key_file is not None and self._create_key_file:
             self._set_keys(load_key_file(self._key_file, create=True))
+            self._file_seen = self._file_identity()
         if self._fernet is None:
             raise MissingKeyError()
         return self._fernet
@@ -343,6 +370,8 @@ class CredentialManager:
 
     def decrypt(self, token: str, *, field: str | None = None) -> str:
         """Decrypt one token; :class:`CredentialsUnreadableError` if no key can."""
+        if self._fernet is None:
+            self._reload_if_changed()
         fernet = self._fernet
         if fernet is None:
             raise MissingKeyError(
@@ -352,6 +381,8 @@ class CredentialManager:
         try:
             value = fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError, ValueError):
+            if self._reload_if_changed() and self._fernet is not None:
+                return self.decrypt(token, field=field)
             raise CredentialsUnreadableError(details={"field": field} if field else None) from None
         register_secret(value)
         return value

@@ -198,3 +198,21 @@ def test_short_secrets_are_redacted_as_tokens_not_inside_words() -> None:
     token = "tk" + "9f" * 12
     register_secret(token)
     assert token not in redact(f"x{token}y") and redact(f"x{token}y") == "x***y"
+
+
+def test_a_key_file_made_or_rotated_by_another_process_is_picked_up(tmp_path: Path) -> None:
+    """The running service sees the key file the CLI created or rotated after it started."""
+    from datasources.credentials import CredentialManager, generate_key, load_key_file
+
+    path = tmp_path / "secret.key"
+    service = CredentialManager.from_key_file(path, create=False)  # started before the file
+    cli = CredentialManager.from_key_file(path, create=True)
+    token = cli.encrypt("pw-one")
+    assert service.decrypt(token) == "pw-one"
+
+    # The CLI rotates a new key in front (as 'secrets rotate --new-key' does).
+    keys = load_key_file(path, create=False)
+    path.write_text("\n".join([generate_key(), *keys]) + "\n")
+    rotated = CredentialManager.from_key_file(path, create=False).encrypt("pw-two")
+    assert service.decrypt(rotated) == "pw-two"
+    assert service.encrypt("x")  # and encrypts with what it now has
