@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -308,32 +308,10 @@ def sources_add(
 ) -> None:
     """Register a data source."""
     state = _state(ctx)
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            loaded = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            _fail(f"cannot read {config_file}: {type(exc).__name__}", 2)
-        if not isinstance(loaded, dict):
-            _fail(f"{config_file} must hold a JSON object", 2)
-        values.update(loaded)
-    inline = _parse_pairs(config or [], "--config")
-    values.update(inline)
-    for key, var in _parse_pairs(config_env or [], "--config-env").items():
-        if var not in os.environ:
-            _fail(f"environment variable {var!r} (for {key!r}) is not set", 2)
-        values[key] = os.environ[var]
-    for key in prompt or []:
-        values[key] = typer.prompt(key, hide_input=True)
+    values, inline = _collect_config(config_file, config, config_env, prompt)
 
     async def add(registry: DataSourceRegistry) -> DataSourceConfig:
-        cls = registry.connector_class(type_)
-        for key in sorted(set(inline) & cls.secret_fields):
-            err.print(
-                f"warning: {key!r} was given on the command line, where shell history and "
-                f"process listings can see it; prefer --config-env {key}=VAR or --prompt {key}.",
-                markup=False,
-            )
+        _warn_inline_secrets(inline, registry.connector_class(type_).secret_fields)
         try:
             source = DataSourceConfig(
                 id=source_id or "",
@@ -353,6 +331,110 @@ def sources_add(
         _emit_json(_source_row(source))
     else:
         out.print(f"Registered {source.name!r} as {source.id} ({source.type}).", markup=False)
+
+
+def _collect_config(
+    config_file: Path | None,
+    config: list[str] | None,
+    config_env: list[str] | None,
+    prompt: list[str] | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Config values from a file, ``-c``, the environment and prompts; and the inline ones."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read {config_file}: {type(exc).__name__}", 2)
+        if not isinstance(loaded, dict):
+            _fail(f"{config_file} must hold a JSON object", 2)
+        values.update(loaded)
+    inline = _parse_pairs(config or [], "--config")
+    values.update(inline)
+    for key, var in _parse_pairs(config_env or [], "--config-env").items():
+        if var not in os.environ:
+            _fail(f"environment variable {var!r} (for {key!r}) is not set", 2)
+        values[key] = os.environ[var]
+    for key in prompt or []:
+        values[key] = typer.prompt(key, hide_input=True)
+    return values, inline
+
+
+def _warn_inline_secrets(inline: Mapping[str, str], secret_fields: frozenset[str]) -> None:
+    for key in sorted(set(inline) & secret_fields):
+        err.print(
+            f"warning: {key!r} was given on the command line, where shell history and "
+            f"process listings can see it; prefer --config-env {key}=VAR or --prompt {key}.",
+            markup=False,
+        )
+
+
+@sources_app.command("update")
+def sources_update(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="Id or name.")],
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", "-c", metavar="KEY=VALUE", help="Set a config key (repeatable)."),
+    ] = None,
+    config_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config-env", metavar="KEY=ENV_VAR", help="Set a (secret) key from the environment."
+        ),
+    ] = None,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option("--prompt", metavar="KEY", help="Ask for this key's new value (hidden)."),
+    ] = None,
+    unset: Annotated[
+        list[str] | None,
+        typer.Option("--unset", metavar="KEY", help="Remove a config key (back to its default)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A new name.")] = None,
+    description: Annotated[str | None, typer.Option("--description", "-d")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Replace the tags (repeatable).")
+    ] = None,
+    read_only: Annotated[
+        bool | None, typer.Option("--read-only/--writable", help="Refuse or allow writes.")
+    ] = None,
+) -> None:
+    """Change a source's config, name, description, tags or read-only flag.
+
+    Only the keys given change; stored secrets stay unless given again. A secret stays
+    only while the connection target (host, account, root…) is unchanged: changing the
+    target needs the secret again (--config-env or --prompt).
+    """
+    state = _state(ctx)
+    values, inline = _collect_config(None, config, config_env, prompt)
+    changes: dict[str, Any] = {}
+    removed = dict.fromkeys(unset or [])
+    if clash := sorted(set(removed) & set(values)):
+        _fail(f"{clash[0]!r} is both set and unset", 2)
+    if values or removed:
+        changes["config"] = {**values, **removed}
+    for key, value in (
+        ("name", name),
+        ("description", description),
+        ("tags", tag),
+        ("read_only", read_only),
+    ):
+        if value is not None:
+            changes[key] = value
+    if not changes:
+        _fail("nothing to change: give -c, --config-env, --prompt, --unset or another option", 2)
+
+    async def update(registry: DataSourceRegistry) -> DataSourceConfig:
+        found = await registry.get_data_source(source)
+        _warn_inline_secrets(inline, registry.connector_class(found.type).secret_fields)
+        return await registry.update_data_source(found.id, changes)
+
+    updated = _run(_with_registry(state, update))
+    if state.json:
+        _emit_json(_source_row(updated))
+    else:
+        out.print(f"Updated {updated.name!r} ({updated.id}).", markup=False)
 
 
 def _first_error(exc: Exception) -> str:

@@ -500,3 +500,36 @@ def test_usage_errors_are_one_line_and_flags_look_like_flags(home: Path) -> None
     assert helped.returncode == 0
     assert "<bool>" not in helped.stdout and "--read-only " in helped.stdout
     assert "╭" not in helped.stdout + run("--help").stdout  # plain text, no boxes
+
+
+def test_sources_update_changes_keys_without_re_entering_secrets(
+    home: Path, folder: Path, tmp_path: Path
+) -> None:
+    ok(home, "sources", "add", "F", "--type", "local_folder", "-c", f"root={folder}")
+    ok(home, "sources", "update", "F", "-c", "chunk_size=65536", "--tag", "x", "--read-only")
+    shown = json.loads(ok(home, "sources", "show", "F", "--json"))
+    assert shown["config"]["chunk_size"] == 65536 and shown["tags"] == ["x"] and shown["read_only"]
+    ok(home, "sources", "update", "f", "--unset", "chunk_size", "--writable", "--name", "G")
+    shown = json.loads(ok(home, "sources", "show", "G", "--json"))
+    assert "chunk_size" not in shown["config"] and not shown["read_only"]
+
+    nothing = cli(home, "sources", "update", "G")
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    bad = cli(home, "sources", "update", "G", "-c", "chunk_size=-1")
+    assert bad.exit_code == 1 and "chunk_size" in bad.output
+    missing = cli(home, "sources", "update", "nope", "-c", "a=b")
+    assert missing.exit_code == 1 and "not found" in missing.output
+    assert json.loads(ok(home, "sources", "show", "G", "--json"))["config"]["root"] == str(folder)
+
+
+def test_sources_update_keeps_a_secret_only_for_the_same_target(home: Path) -> None:
+    env = {"PGPW": "pw-" + "s3cr3t-value"}
+    ok(home, "sources", "add", "db", "--type", "postgresql", "-c", "host=127.0.0.1",
+       "-c", "database=x", "-c", "user=u", "--config-env", "password=PGPW", env=env)  # fmt: skip
+    ok(home, "sources", "update", "db", "-c", "max_rows=5")
+    shown = ok(home, "sources", "show", "db", "--json")
+    assert json.loads(shown)["config"]["max_rows"] == 5 and env["PGPW"] not in shown
+    moved = cli(home, "sources", "update", "db", "-c", "host=10.1.2.3")
+    assert moved.exit_code == 1 and "password" in moved.output and "again" in moved.output
+    ok(home, "sources", "update", "db", "-c", "host=10.1.2.3", "--config-env", "password=PGPW",
+       env=env)  # fmt: skip
