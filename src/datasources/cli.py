@@ -48,6 +48,7 @@ from datasources.errors import (
     ConfigurationError,
     DataSourceError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 from datasources.keys import ApiKeys
@@ -324,7 +325,9 @@ def sources_add(
             )
         except ValueError as exc:
             raise ConfigurationError(_first_error(exc)) from None
-        return await registry.register_data_source(source)
+        registered = await registry.register_data_source(source)
+        await _warn_if_the_service_refuses(registry, type_, values, state.settings())
+        return registered
 
     source = _run(_with_registry(state, add))
     if state.json:
@@ -358,6 +361,33 @@ def _collect_config(
     for key in prompt or []:
         values[key] = typer.prompt(key, hide_input=True)
     return values, inline
+
+
+async def _warn_if_the_service_refuses(
+    registry: DataSourceRegistry, type_: str, values: Mapping[str, Any], settings: Settings
+) -> None:
+    """Say so now when ``datasources serve`` would refuse to connect this source.
+
+    Sources are checked against the outbound-target policy whenever the HTTP service
+    connects them, whoever added them; the CLI does not apply it, so without this note a
+    folder added here works in the terminal and answers 403 over HTTP.
+    """
+    cls = registry.connector_class(type_)
+    policy = settings.outbound_policy()
+    try:
+        model = cls.validate_config(dict(values))
+        await cls.check_targets(model, policy)
+    except PermissionDeniedError as exc:
+        roots = ", ".join(str(r) for r in policy.local_folder_roots) or "none"
+        err.print(
+            f"note: the HTTP service will refuse this source as configured now: {exc.message} "
+            f"(allowed folder roots: {roots}; private networks "
+            f"{'allowed' if policy.allow_private_networks else 'refused'}; "
+            "see DATASOURCES_LOCAL_FOLDER_ROOTS and DATASOURCES_ALLOW_PRIVATE_NETWORKS).",
+            markup=False,
+        )
+    except Exception:  # a config the connector cannot judge alone: nothing to say
+        logging.getLogger(__name__).debug("Policy pre-check skipped", exc_info=True)
 
 
 def _warn_inline_secrets(inline: Mapping[str, str], secret_fields: frozenset[str]) -> None:
@@ -917,6 +947,12 @@ def serve(
             "[bold]datasources[/] — embedded default (SQLite store and key file in "
             f"{settings.home}); loopback sources allowed."
         )
+        out.print(
+            "Local folders allowed under: "
+            + ", ".join(str(r) for r in settings.local_folder_roots)
+            + " (add more with DATASOURCES_LOCAL_FOLDER_ROOTS).",
+            markup=False,
+        )
         out.print("API key (owner local, shown once):")
         out.print(key, markup=False)
         out.print("Try:", markup=False)
@@ -927,7 +963,13 @@ def serve(
             f'  curl -H "Authorization: Bearer {key}" "{base}/api/v1/datasources/samples/items"',
             markup=False,
         )
-        out.print(f"  open {base}/docs", markup=False)
+        out.print(f"  API docs in a browser: {base}/docs", markup=False)
+    else:
+        err.print(
+            f"datasources: serving http://{api.host}:{api.port} (API docs at /docs); "
+            f"state in {settings.home}. Ctrl-C stops it.",
+            markup=False,
+        )
     level = "debug" if state.verbose else settings.log_level.lower()
     logging.getLogger("datasources.access").setLevel(logging.INFO)
     if api.workers > 1:

@@ -398,9 +398,10 @@ def test_serve_demo_starts_the_service_with_a_key(home: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(3)]
-        key = lines[2].strip()
+        lines = [proc.stdout.readline() for _ in range(4)]
+        key = lines[3].strip()
         assert key.startswith("dsk_"), lines
+        assert "Local folders allowed under" in lines[1] and str(home / "demo") in lines[1]
         base = f"http://127.0.0.1:{port}"
         for _ in range(200):
             try:
@@ -533,3 +534,15 @@ def test_sources_update_keeps_a_secret_only_for_the_same_target(home: Path) -> N
     assert moved.exit_code == 1 and "password" in moved.output and "again" in moved.output
     ok(home, "sources", "update", "db", "-c", "host=10.1.2.3", "--config-env", "password=PGPW",
        env=env)  # fmt: skip
+
+
+def test_adding_a_source_the_service_would_refuse_says_so(home: Path, folder: Path) -> None:
+    added = cli(home, "sources", "add", "F", "--type", "local_folder", "-c", f"root={folder}")
+    assert added.exit_code == 0
+    assert "the HTTP service will refuse this source" in added.output
+    assert "DATASOURCES_LOCAL_FOLDER_ROOTS" in added.output
+    env = {"DATASOURCES_LOCAL_FOLDER_ROOTS": str(folder.parent)}
+    allowed = cli(
+        home, "sources", "add", "G", "-t", "local_folder", "-c", f"root={folder}", env=env
+    )
+    assert allowed.exit_code == 0 and "refuse" not in allowed.output
