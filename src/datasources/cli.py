@@ -45,6 +45,7 @@ from datasources.credentials import (
     write_key_file,
 )
 from datasources.errors import (
+    AlreadyExistsError,
     ConfigurationError,
     DataSourceError,
     NotFoundError,
@@ -689,9 +690,16 @@ def put(
 ) -> None:
     """Upload a local file to a source."""
     state = _state(ctx)
-    item: DataItem = _run(
-        _borrow(state, source, lambda c: c.upload_data(local, remote, overwrite=overwrite))
-    )
+
+    async def upload(connector: BaseConnector[Any]) -> DataItem:
+        try:
+            return await connector.upload_data(local, remote, overwrite=overwrite)
+        except AlreadyExistsError:
+            raise AlreadyExistsError(
+                f"{remote!r} already exists in {source!r}; add --overwrite to replace it."
+            ) from None
+
+    item = _run(_borrow(state, source, upload))
     if state.json:
         _emit_json(item)
     else:

@@ -82,6 +82,7 @@ def test_add_list_show_test_ls_get_put_remove(home: Path, folder: Path, tmp_path
     assert (folder / "up" / "new.csv").read_text() == "n\n"
     result = cli(home, "put", "my-files", str(local), "up/new.csv")
     assert result.exit_code == 1 and "already exists" in result.output
+    assert "--overwrite" in result.output and "overwrite=True" not in result.output
     ok(home, "put", "my-files", str(local), "up/new.csv", "--overwrite")
 
     ok(home, "sources", "remove", "my-files")
