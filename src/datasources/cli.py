@@ -53,7 +53,7 @@ from datasources.errors import (
     UnavailableError,
 )
 from datasources.keys import ApiKeys
-from datasources.models import DataItem, DataSourceConfig
+from datasources.models import ConnectionStatus, DataItem, DataSourceConfig
 from datasources.registry import DataSourceRegistry
 from datasources.store import Store
 from datasources.workspace import Workspace
@@ -307,12 +307,22 @@ def sources_add(
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeatable.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
+    test: Annotated[
+        bool | None,
+        typer.Option(
+            "--test/--no-test",
+            help="Test the connection once registered (default: on in a terminal).",
+        ),
+    ] = None,
 ) -> None:
     """Register a data source."""
     state = _state(ctx)
     values, inline = _collect_config(config_file, config, config_env, prompt)
+    run_test = sys.stdin.isatty() and not state.json if test is None else test
+    status: ConnectionStatus | None = None
 
     async def add(registry: DataSourceRegistry) -> DataSourceConfig:
+        nonlocal status
         _warn_inline_secrets(inline, registry.connector_class(type_).secret_fields)
         try:
             source = DataSourceConfig(
@@ -328,13 +338,25 @@ def sources_add(
             raise ConfigurationError(_first_error(exc)) from None
         registered = await registry.register_data_source(source)
         await _warn_if_the_service_refuses(registry, type_, values, state.settings())
+        if run_test:
+            status = await registry.test_data_source(registered.id)
         return registered
 
     source = _run(_with_registry(state, add))
     if state.json:
-        _emit_json(_source_row(source))
+        row = _source_row(source)
+        if status is not None:
+            row["test"] = status.model_dump(mode="json")
+        _emit_json(row)
     else:
         out.print(f"Registered {source.name!r} as {source.id} ({source.type}).", markup=False)
+        if status is not None:
+            mark = "ok" if status.ok else "FAILED"
+            out.print(f"Connection test: {mark}: {status.message}", markup=False)
+            for warning in status.warnings:
+                out.print(f"warning: {warning}", markup=False)
+    if status is not None and not status.ok and test:
+        raise typer.Exit(1)  # asked for explicitly: a failed test fails the command
 
 
 def _collect_config(

@@ -547,3 +547,19 @@ def test_adding_a_source_the_service_would_refuse_says_so(home: Path, folder: Pa
         home, "sources", "add", "G", "-t", "local_folder", "-c", f"root={folder}", env=env
     )
     assert allowed.exit_code == 0 and "refuse" not in allowed.output
+
+
+def test_sources_add_can_test_the_connection(home: Path, folder: Path, tmp_path: Path) -> None:
+    tested = ok(home, "sources", "add", "F", "-t", "local_folder", "-c", f"root={folder}", "--test")
+    assert "Connection test: ok" in tested
+    added = cli(home, "sources", "add", "G", "-t", "local_folder", "-c", f"root={folder}",
+                "--test", "--json")  # fmt: skip
+    body = json.loads(added.stdout)
+    assert body["id"] == "g" and body["test"]["ok"] is True
+    closed = ["-t", "postgresql", "-c", "host=127.0.0.1", "-c", "port=1", "-c", "database=x",
+              "-c", "user=u"]  # fmt: skip
+    failed = cli(home, "sources", "add", "H", *closed, "--test")
+    assert failed.exit_code == 1 and "Connection test: FAILED" in failed.output
+    assert json.loads(ok(home, "sources", "show", "H", "--json"))["id"] == "h"  # kept
+    untested = ok(home, "sources", "add", "I", *closed)
+    assert "Connection test" not in untested  # not a terminal here: no test by default
