@@ -106,7 +106,7 @@ class _GlobalOptionsGroup(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-_GLOBAL_FLAGS = frozenset({"--json", "--verbose", "-v"})
+_GLOBAL_FLAGS = frozenset({"--json", "--verbose", "-v", "--create"})
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
@@ -253,9 +253,15 @@ def _main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")
     ] = False,
+    create: Annotated[
+        bool, typer.Option("--create", help="Start a new state folder where --home points.")
+    ] = False,
 ) -> None:
     state = State(home=home.expanduser().resolve() if home else None, json=as_json, verbose=verbose)
     ctx.obj = state
+    if state.home is not None and not state.home.exists() and not create:
+        # A mistyped --home would otherwise start a new, empty store without a word.
+        _fail(f"no state folder at {state.home}: check the path, or add --create to start one", 2)
     try:
         level = state.settings().log_level
     except Exception:  # settings errors surface in the command itself

@@ -439,7 +439,7 @@ def test_cli_query(database: Database, tmp_path: Path) -> None:
     runner = CliRunner()
     home = tmp_path / "home"
     env = {"PG_PASSWORD": database.password}
-    args = ["--home", str(home)]
+    args = ["--home", str(home), "--create"]
     added = runner.invoke(
         app,
         [

@@ -20,7 +20,9 @@ runner = CliRunner()
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    return tmp_path / "state"
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -563,3 +565,19 @@ def test_sources_add_can_test_the_connection(home: Path, folder: Path, tmp_path:
     assert json.loads(ok(home, "sources", "show", "H", "--json"))["id"] == "h"  # kept
     untested = ok(home, "sources", "add", "I", *closed)
     assert "Connection test" not in untested  # not a terminal here: no test by default
+
+
+def test_a_missing_home_is_refused_unless_created(tmp_path: Path) -> None:
+    typo = tmp_path / "sate"
+    refused = runner.invoke(app, ["--home", str(typo), "sources", "list"])
+    assert (
+        refused.exit_code == 2
+        and "no state folder" in refused.output
+        and "--create" in refused.output
+    )
+    assert not typo.exists()
+    made = runner.invoke(app, ["sources", "list", "--home", str(typo), "--create"])
+    assert made.exit_code == 0, made.output
+    assert typo.is_dir()
+    again = runner.invoke(app, ["--home", str(typo), "sources", "list"])
+    assert again.exit_code == 0
