@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -1088,6 +1088,79 @@ async def _save_image(client: Any, chat_id: str, path: str, saved: Path) -> None
         out.print(f"(image saved to {target})", markup=False)
 
 
+def fence_open(text: str) -> bool:
+    """Whether ``text`` stops inside a ```` ``` ```` block (an odd number of fences)."""
+    return text.count("```") % 2 == 1
+
+
+def piped_messages(lines: Iterable[str]) -> Iterator[str]:
+    """Messages from lines of text: one line each, a ```` ``` ```` block whole."""
+    pending: list[str] = []
+    for raw in lines:
+        pending.append(raw.rstrip("\r\n"))
+        text = "\n".join(pending)
+        if not fence_open(text):
+            yield text
+            pending = []
+    if pending:  # a block never closed: send what there is
+        yield "\n".join(pending)
+
+
+class _MessageReader:
+    """Reads chat messages: an editor in a terminal, whole blocks from a pipe.
+
+    In a terminal, Enter sends the message unless a ```` ``` ```` block is still open
+    (then it starts a new line); Esc then Enter always starts a new line, and pasted
+    text keeps its line breaks. From a pipe, each line is a message and a fenced block
+    is one message.
+    """
+
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._piped: Iterator[str] | None = None
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            from prompt_toolkit import PromptSession
+            from prompt_toolkit.key_binding import KeyBindings
+
+            bindings = KeyBindings()
+
+            @bindings.add("enter")
+            def _enter(event: Any) -> None:
+                buffer = event.current_buffer
+                if fence_open(buffer.text):
+                    buffer.insert_text("\n")
+                else:
+                    buffer.validate_and_handle()
+
+            @bindings.add("escape", "enter")
+            def _newline(event: Any) -> None:
+                event.current_buffer.insert_text("\n")
+
+            self._session = PromptSession(
+                multiline=True, key_bindings=bindings, prompt_continuation="...> "
+            )
+            self.hint = (
+                "Enter sends. Inside a ```python block Enter starts a new line until the "
+                "closing ```; Esc then Enter adds a line anywhere; pasting keeps lines."
+            )
+        else:
+            self._piped = piped_messages(iter(sys.stdin.readline, ""))
+            self.hint = "Reading messages from standard input: a line each, a ``` block whole."
+
+    async def read(self) -> str:
+        if self._session is not None:
+            try:
+                text: str = await self._session.prompt_async("you> ")
+            except KeyboardInterrupt:
+                return ""
+            return text
+        assert self._piped is not None
+        message = await asyncio.to_thread(next, self._piped, None)
+        if message is None:
+            raise EOFError
+        return message
+
+
 @app.command("chat")
 def chat(
     ctx: typer.Context,
@@ -1121,13 +1194,15 @@ def chat(
             raise DataSourceError(created.json().get("detail", "could not start a chat"))
         chat_id = created.json()["id"]
         shown = ", ".join(sorted({s["name"] for s in names.values()})) or "none"
+        reader = _MessageReader()
         out.print(
             f"Chat {chat_id}. Sources: {shown}. Refer to data as @source:path; /quit to leave.",
             markup=False,
         )
+        out.print(reader.hint, markup=False)
         while True:
             try:
-                line = await asyncio.to_thread(input, "you> ")
+                line = await reader.read()
             except EOFError:
                 break
             if line.strip() in ("/quit", "/exit"):

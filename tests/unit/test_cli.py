@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -432,8 +433,10 @@ def test_chat_in_the_terminal_against_the_embedded_service(
     script = "\n".join(
         [
             "@files:a.csv",
-            "```python",  # one line per message: a block on one line is not a block
-            "print(21 * 2)",
+            "```python",  # a block spans lines and is sent whole
+            "x = 21",
+            "print(x * 2)",
+            "```",
             "/quit",
         ]
     )
@@ -445,6 +448,8 @@ def test_chat_in_the_terminal_against_the_embedded_service(
                  env=env, input=script + "\n")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Sources: files" in result.output and "a.csv" in result.output
+    assert "\n42\n" in result.output  # the two-line block ran as one cell
+    assert "NameError" not in result.output
     assert cli(home, "chat", "--source", "nope", input="/quit\n").exit_code == 1
     remote = cli(home, "chat", "--url", "http://127.0.0.1:9", "--api-key", "k", input="/quit\n")
     assert remote.exit_code == 1 and "cannot be reached" in remote.output
@@ -581,3 +586,66 @@ def test_a_missing_home_is_refused_unless_created(tmp_path: Path) -> None:
     assert typo.is_dir()
     again = runner.invoke(app, ["--home", str(typo), "sources", "list"])
     assert again.exit_code == 0
+
+
+def test_piped_chat_input_sends_fenced_blocks_whole() -> None:
+    from datasources.cli import fence_open, piped_messages
+
+    lines = ["hello\n", "```python\n", "a = 1\n", "\n", "print(a)\n", "```\n", "/sql select 1\n"]
+    assert list(piped_messages(lines)) == [
+        "hello", "```python\na = 1\n\nprint(a)\n```", "/sql select 1"
+    ]  # fmt: skip
+    assert list(piped_messages(["```py\n", "x"])) == ["```py\nx"]  # unclosed: sent at the end
+    assert fence_open("```python\nx") and not fence_open("```python\nx\n```")
+    assert not fence_open("run ```print(1)``` now")
+
+
+def test_chat_in_a_real_terminal_sends_a_typed_block_whole(home: Path, folder: Path) -> None:
+    """Typed into a pseudo-terminal: Enter inside an open ``` block starts a new line."""
+    import pty
+    import select
+    import time
+
+    ok(home, "sources", "add", "files", "--type", "local_folder", "-c", f"root={folder}")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DATASOURCES_")},
+        "DATASOURCES_HOME": str(home),
+        "DATASOURCES_SANDBOX_LIMITS__POOL_SIZE": "0",
+        "DATASOURCES_LOCAL_FOLDER_ROOTS": str(folder),
+        "TERM": "xterm",
+        "COLUMNS": "120",
+        "PROMPT_TOOLKIT_NO_CPR": "1",  # this pseudo-terminal answers no cursor queries
+    }
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI in the terminal
+        os.execve(sys.executable, [sys.executable, "-m", "datasources.cli", "chat"], env)
+    seen = b""
+
+    def read_until(marker: bytes, seconds: float = 60) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while marker not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{marker!r} never appeared in {seen[-2000:]!r}"
+            ready, _, _ = select.select([fd], [], [], min(left, 1))
+            if ready:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"you>")
+        for line in ("```python", "x = 20 + 1", "print(x * 2, 'done')", "```"):
+            os.write(fd, line.encode() + b"\r")
+            time.sleep(0.2)  # typing speed: each key is handled before the next line
+        read_until(b"42 done")
+        assert b"NameError" not in seen
+        os.write(fd, b"/quit\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, seen[-2000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
