@@ -1165,7 +1165,8 @@ class _MessageReader:
 def chat(
     ctx: typer.Context,
     source: Annotated[
-        list[str] | None, typer.Option("--source", help="Sources to mention (@NAME:path).")
+        list[str] | None,
+        typer.Option("--source", help="Chat about these sources only (repeatable; id or name)."),
     ] = None,
     url: Annotated[
         str | None, typer.Option(help="A remote service; default the local embedded one.")
@@ -1182,6 +1183,8 @@ def chat(
     state = _state(ctx)
 
     async def converse(client: Any) -> None:
+        from datasources.chat.refs import parse_mentions
+
         listed = (await client.get("/api/v1/datasources", params={"limit": 200})).json()
         names = {s["name"]: s for s in listed.get("items", [])} | {
             s["id"]: s for s in listed.get("items", [])
@@ -1189,11 +1192,24 @@ def chat(
         for wanted in source or []:
             if wanted not in names:
                 raise NotFoundError(f"Data source {wanted!r} not found.")
+        # With --source, the chat is about those sources only; without, about all of them.
+        chosen = (
+            {names[w]["id"]: names[w] for w in source}
+            if source
+            else {s["id"]: s for s in names.values()}
+        )
+        allowed = set(chosen) | {s["name"] for s in chosen.values()}
         created = await client.post("/api/v1/chats", json={"title": "terminal"})
         if created.status_code != 201:
             raise DataSourceError(created.json().get("detail", "could not start a chat"))
         chat_id = created.json()["id"]
-        shown = ", ".join(sorted({s["name"] for s in names.values()})) or "none"
+        shown = (
+            ", ".join(
+                f"@{sid}" + (f" ({item['name']})" if item["name"] != sid else "")
+                for sid, item in sorted(chosen.items())
+            )
+            or "none"
+        )
         reader = _MessageReader()
         out.print(
             f"Chat {chat_id}. Sources: {shown}. Refer to data as @source:path; /quit to leave.",
@@ -1208,6 +1224,13 @@ def chat(
             if line.strip() in ("/quit", "/exit"):
                 break
             if not line.strip():
+                continue
+            others = sorted({m.source for m in parse_mentions(line)} - allowed)
+            if others:
+                err.print(
+                    f"error: @{others[0]} is not one of this chat's sources ({shown})",
+                    markup=False,
+                )
                 continue
             response = await client.post(
                 f"/api/v1/chats/{chat_id}/messages", json={"content": line}, timeout=600

@@ -447,10 +447,15 @@ def test_chat_in_the_terminal_against_the_embedded_service(
     result = cli(home, "chat", "--source", "files", "--save-to", str(tmp_path / "img"),
                  env=env, input=script + "\n")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "Sources: files" in result.output and "a.csv" in result.output
+    assert "Sources: @files." in result.output and "a.csv" in result.output
     assert "\n42\n" in result.output  # the two-line block ran as one cell
     assert "NameError" not in result.output
     assert cli(home, "chat", "--source", "nope", input="/quit\n").exit_code == 1
+    ok(home, "sources", "add", "Other Files", "--type", "local_folder", "-c", f"root={folder}")
+    other = cli(home, "chat", "--source", "files", env=env, input="@other-files:a.csv\n/quit\n")
+    assert other.exit_code == 0 and "@other-files is not one of this chat's sources" in other.output
+    both = cli(home, "chat", env=env, input="/quit\n")
+    assert "Sources: @files, @other-files (Other Files)." in both.output
     remote = cli(home, "chat", "--url", "http://127.0.0.1:9", "--api-key", "k", input="/quit\n")
     assert remote.exit_code == 1 and "cannot be reached" in remote.output
 
