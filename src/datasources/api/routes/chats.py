@@ -7,14 +7,19 @@ Owned and isolated exactly like data sources: another owner's chat id is a 404.
 # build_router, a local name it could not resolve from a string.
 
 import json
+import mimetypes
 from collections.abc import AsyncIterator
 from datetime import datetime
+from email.utils import formatdate
 from typing import Annotated, Any
+from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, Body, Path, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from datasources import safefs
 from datasources.api.paging import keyset_page
 from datasources.api.routes.datasources import COMMON, _problem
 from datasources.api.security import CurrentPrincipal
@@ -248,7 +253,7 @@ def build_router(api: ApiSettings) -> APIRouter:
     @router.get(
         "/{chat_id}/files/{path:path}",
         summary="Download a workspace file, streamed",
-        response_class=FileResponse,
+        response_class=StreamingResponse,
         responses={
             **CHAT,
             400: _problem("The path is not safe."),
@@ -265,11 +270,43 @@ def build_router(api: ApiSettings) -> APIRouter:
         chat_id: ChatId,
         path: Annotated[str, Path(min_length=1, max_length=4096)],
         caller: CurrentPrincipal,
-    ) -> FileResponse:
-        local = await service(request).open_file(caller.owner, chat_id, path)
-        return FileResponse(local, filename=local.name)
+    ) -> StreamingResponse:
+        file = await service(request).open_file(caller.owner, chat_id, path)
+        return _stream_file(file)
 
     return router
+
+
+def _stream_file(file: safefs.SafeFile) -> StreamingResponse:
+    """Stream the descriptor that was opened and checked — never the path again.
+
+    Files come from sandboxed code: they are attachments, never sniffed, and sandboxed
+    if a browser renders them anyway.
+    """
+    media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            chunks = file.chunks()
+            while True:
+                chunk = await anyio.to_thread.run_sync(next, chunks, None)
+                if chunk is None:
+                    break
+                yield chunk
+        finally:
+            file.close()
+
+    return StreamingResponse(
+        body(),
+        media_type=media_type,
+        headers={
+            "Content-Length": str(file.size),
+            "Content-Disposition": f"attachment; filename*=utf-8''{quote(file.name)}",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+            "Last-Modified": formatdate(file.mtime, usegmt=True),
+        },
+    )
 
 
 async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
