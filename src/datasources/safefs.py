@@ -155,11 +155,15 @@ def split(relative: str | PurePosixPath) -> list[str]:
 
     This is a shape check, not the boundary: the boundary is that nothing below is ever
     opened through a symlink. It refuses what can never name an entry beneath a folder:
-    absolute paths, ``.``/``..``/empty components, NUL.
+    absolute paths, ``.``/``..``/empty components, NUL, text that is not UTF-8.
     """
     text = relative.as_posix() if isinstance(relative, PurePosixPath) else relative
     if not isinstance(text, str) or not text or "\0" in text or text.startswith("/"):
         raise UnsafePathError("The path is not a relative path.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafePathError("The path is not valid UTF-8 text.") from None
     parts = text.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafePathError("The path has an empty, '.' or '..' component.")
@@ -327,7 +331,7 @@ def replace_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> N
     """Atomically set ``name`` in ``dir_fd`` to ``data``: a new temp file, then ``renameat``
     (which replaces whatever is at ``name`` — a link too — without following it)."""
     split(name)
-    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    tmp = f".tmp-{secrets.token_hex(8)}"
     create_file(dir_fd, tmp, data, mode=mode)
     try:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

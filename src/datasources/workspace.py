@@ -1,7 +1,8 @@
 """The one place that turns a remote path into a local path, and writes there safely.
 
 * :func:`safe_relative_path` normalises ``\\`` to ``/`` and rejects absolute paths, ``..``
-  and ``.`` segments, empty segments, NUL and control characters and over-long names.
+  and ``.`` segments, empty segments, NUL and control characters, text that is not UTF-8
+  and over-long names.
 * :func:`resolve_inside` resolves symlinks and proves containment with
   :meth:`Path.is_relative_to` on resolved paths (never a string prefix test).
 * :class:`AtomicFile` writes to a temp file (``O_EXCL | O_NOFOLLOW``), hashes as it goes,
@@ -75,6 +76,10 @@ def safe_relative_path(path: str, *, allow_reserved: bool = False) -> PurePosixP
         raise UnsafePathError("The path must be text.")
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise UnsafePathError(f"The path {_describe(path)} contains a NUL or control character.")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file system name, no JSON string
+        raise UnsafePathError("The path is not valid UTF-8 text.") from None
     normalised = path.replace("\\", "/")
     if not normalised.strip("/"):
         raise UnsafePathError("The path is empty.")

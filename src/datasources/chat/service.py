@@ -347,8 +347,8 @@ class ChatService:
                     try:
                         for name, size in safefs.listing(folder, skip=frozenset({RESERVED_DIR})):
                             rel = f"{top}/{name}"
-                            if "/.datasources/" in f"/{name}":
-                                continue  # a source workspace's own state
+                            if "/.datasources/" in f"/{name}" or not _utf8(name):
+                                continue  # a source workspace's own state; an unnamable file
                             if rel in known:
                                 found.append(FetchedFile.model_validate(known[rel]))
                             else:
@@ -558,6 +558,15 @@ MANIFEST = "manifest.json"
 SERVED_FOLDERS = ("data", "outputs", DISPLAYS)
 """The workspace folders whose files the API lists and serves (besides the manifest)."""
 _MANIFEST_LIMIT = 64 * 1024 * 1024
+
+
+def _utf8(name: str) -> bool:
+    """Whether a listed name (``surrogateescape``d bytes) is text a reply can carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
