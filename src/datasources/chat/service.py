@@ -106,6 +106,8 @@ class ChatService:
         self.root = settings.workspaces_dir
         self.provider = provider
         """The language model; None: offline replies (code blocks, /sql, briefs)."""
+        # Both mechanisms are safe; which one runs is worth a line in the log.
+        logger.info("Workspace files are opened beneath descriptors with %s.", safefs.mechanism())
 
     def workspace_dir(self, chat_id: str) -> Path:
         if not _ID.match(chat_id):
