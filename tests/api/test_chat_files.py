@@ -290,6 +290,39 @@ async def test_every_part_of_a_reply_counts_toward_the_output_cap(sandbox_api: A
     assert after.json()["parts"] == [{"type": "result", "text": "2"}]
 
 
+@pytest.mark.integration
+@pytest.mark.sandbox
+async def test_a_swap_loop_inside_the_sandbox_never_serves_a_host_file(
+    sandbox_api: Api, tmp_path: Path
+) -> None:
+    """The attack as sandboxed code runs it: a thread in the kernel keeps swapping."""
+    api = sandbox_api
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret.txt").write_bytes(SECRET)
+    chat = await new_chat(api)
+    code = (
+        "import ctypes, os, threading\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "os.makedirs('outputs/d', exist_ok=True)\n"
+        "open('outputs/d/secret.txt', 'wb').write(b'decoy')\n"
+        f"os.symlink({str(host)!r}, 'outputs/l')\n"
+        "def swap():\n"
+        "    while True:\n"
+        "        libc.renameat2(-100, b'outputs/d', -100, b'outputs/l', 2)\n"
+        "threading.Thread(target=swap, daemon=True).start()\n"
+    )
+    run = await api.request("POST", f"{CHATS}/{chat}/execute", json={"code": code})
+    assert run.json()["ok"] is True, run.text
+    outcomes: set[int] = set()
+    for _ in range(800):
+        response = await api.request("GET", f"{CHATS}/{chat}/files/outputs/d/secret.txt")
+        assert SECRET not in response.content, "a host file was served through a swap"
+        assert response.status_code != 200 or response.content == b"decoy"
+        outcomes.add(response.status_code)
+    assert 200 in outcomes and outcomes - {200}, outcomes  # the swap really ran
+
+
 def test_exchange_helper_swaps(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
