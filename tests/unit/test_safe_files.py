@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 from datasources import safefs
 from datasources.errors import DataSourceError, NotFoundError, UnsafePathError
 from datasources.sandbox.session import _OutputBudget
-from datasources.workspace import RESERVED_DIR, resolve_inside, safe_relative_path
+from datasources.workspace import (
+    RESERVED_DIR,
+    ManifestEntry,
+    Workspace,
+    resolve_inside,
+    safe_relative_path,
+)
 
 MECHANISMS = ["openat2", "walk"]
 SECRET = b"outside-the-anchor"
@@ -274,6 +280,42 @@ def test_remove_and_replace_never_touch_a_link_target(
         assert snapshot(outside) == {"secret": SECRET}
 
 
+@given(trees(), st.lists(st.one_of(names, st.sampled_from(COMPONENTS)), max_size=8))
+@PROPERTY
+def test_workspace_paths_stay_inside_with_links_planted(
+    entries: list[tuple[str, str]], queries: list[str]
+) -> None:
+    """``Workspace.path_for`` / ``open_local`` (the path-based layer used for ``data/``,
+    which only the service writes) still never name anything outside, links or not."""
+    with tempfile.TemporaryDirectory() as tmp:
+        anchor, outside = Path(tmp) / "anchor", Path(tmp) / "outside"
+        anchor.mkdir()
+        outside.mkdir()
+        build(anchor, outside, entries)
+        try:
+            workspace = Workspace(anchor)
+        except DataSourceError:  # its reserved folder is a link, a file, a fifo: refused
+            reserved = anchor / RESERVED_DIR
+            assert (
+                reserved.is_symlink()
+                or not reserved.is_dir()
+                or ((reserved / "tmp").is_symlink() or not (reserved / "tmp").is_dir())
+            )
+            assert snapshot(outside) == {"secret": SECRET}
+            return
+        for query in queries + [relative for relative, _kind in entries]:
+            try:
+                local = workspace.path_for(query)
+            except UnsafePathError:
+                continue
+            assert local.is_relative_to(workspace.root) and local != workspace.root
+            assert local.resolve() == local  # what is returned has no link left in it
+            with contextlib.suppress(DataSourceError):
+                opened = workspace.open_local(query)
+                assert opened.is_relative_to(workspace.root) and opened.is_file()
+        assert snapshot(outside) == {"secret": SECRET}
+
+
 # -- races -----------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -444,3 +486,21 @@ def test_the_output_budget_never_keeps_more_than_the_cap(parts: list[str | int])
             budget.take(part)
             kept += part
     assert kept <= 256
+
+
+def test_a_workspace_refuses_links_at_its_reserved_names(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / RESERVED_DIR).symlink_to(outside)
+    with pytest.raises(UnsafePathError):
+        Workspace(tmp_path / "a")
+    assert os.listdir(outside) == []  # no 'tmp' made where the link points
+    workspace = Workspace(tmp_path / "b")
+    (outside / "victim").write_text("kept")
+    workspace.manifest_path.symlink_to(outside / "victim")
+    entry = ManifestEntry(path="x", source_id="s", source_type="t", size=0, sha256="")
+    with pytest.raises(OSError):
+        workspace.record(entry)
+    assert workspace.manifest() == {}
+    assert (outside / "victim").read_text() == "kept"
