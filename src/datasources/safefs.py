@@ -269,11 +269,14 @@ class SafeFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def chunks(self, size: int = 1024 * 1024) -> Iterator[bytes]:
-        """The file's bytes, read from this descriptor, up to the size it had when opened."""
-        offset = 0
-        while offset < self.size:
-            data = os.pread(self.fd, min(size, self.size - offset), offset)
+    def chunks(
+        self, size: int = 1024 * 1024, *, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The bytes ``[start, end)`` (default: all, up to the size it had when opened),
+        read from this descriptor."""
+        offset, stop = start, self.size if end is None else min(end, self.size)
+        while offset < stop:
+            data = os.pread(self.fd, min(size, stop - offset), offset)
             if not data:
                 return  # shrunk since it was opened: what is there
             offset += len(data)

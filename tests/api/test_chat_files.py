@@ -156,6 +156,22 @@ async def test_served_files_are_inert_attachments(api: Api) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["content-security-policy"] == "sandbox"
     assert response.headers["content-length"] == str(page.stat().st_size)
+    url = f"{CHATS}/{chat}/files/outputs/page.html"
+    body = page.read_bytes()
+    for header, status, expected in [
+        ("bytes=0-7", 206, body[:8]),
+        ("bytes=8-", 206, body[8:]),
+        ("bytes=-9", 206, body[-9:]),
+        ("bytes=3-100000", 206, body[3:]),
+        ("bytes=0-1,4-5", 200, body),  # several ranges: the whole file
+        ("items=0-1", 200, body),
+        ("bytes=1000-", 416, b""),
+        ("bytes=5-2", 416, b""),
+    ]:
+        got = await api.request("GET", url, headers={"Range": header})
+        assert (got.status_code, got.content) == (status, expected), header
+        if status == 206:
+            assert got.headers["content-range"].endswith(f"/{len(body)}")
 
 
 # -- through the real sandbox ----------------------------------------------------------
