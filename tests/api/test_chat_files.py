@@ -339,6 +339,33 @@ async def test_a_swap_loop_inside_the_sandbox_never_serves_a_host_file(
     assert 200 in outcomes and outcomes - {200}, outcomes  # the swap really ran
 
 
+@pytest.mark.integration
+@pytest.mark.sandbox
+async def test_one_output_cap_covers_a_whole_reply(sandbox_api: Api) -> None:
+    """Three code blocks in one message share the cap: the third does not even run."""
+    api = sandbox_api
+    cap = api.settings.sandbox_limits.output_bytes
+    chat = await new_chat(api)
+    blocks = [
+        "print('a' * 600_000)",
+        "from IPython.display import display\ndisplay({'text/plain': 'b' * 600_000}, raw=True)",
+        "open('outputs/third-ran', 'w').write('yes'); print('c' * 600_000)",
+    ]
+    content = "".join(f"```python\n{code}\n```\n" for code in blocks)
+    response = await api.request(
+        "POST", f"{CHATS}/{chat}/messages", json={"content": content, "data_source_refs": []}
+    )
+    assert response.status_code == 200, response.text
+    parts = response.json()["reply"]["parts"]
+    outputs = [p for p in parts if p["type"] in ("stdout", "result")]
+    assert sum(len(p["text"].encode()) for p in outputs) <= cap
+    notes = [p["text"] for p in parts if p["type"] == "text"]
+    assert any(n.startswith("(reply cut at its output limit") for n in notes), notes
+    assert [p["name"] for p in parts if p["type"] == "error"] == ["OutputLimit"]
+    assert not (api.settings.workspaces_dir / chat / "outputs" / "third-ran").exists()
+    assert len(response.content) <= cap + 64 * 1024
+
+
 def test_exchange_helper_swaps(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from datasources import safefs
 from datasources.errors import DataSourceError, NotFoundError, UnsafePathError
-from datasources.sandbox.session import _OutputBudget
+from datasources.sandbox.session import OutputBudget
 from datasources.workspace import (
     RESERVED_DIR,
     ManifestEntry,
@@ -461,7 +461,7 @@ def test_a_file_is_read_from_its_descriptor_after_the_name_is_swapped(tmp_path: 
 
 
 def test_the_output_budget_counts_every_part() -> None:
-    budget = _OutputBudget(100)
+    budget = OutputBudget(100)
     assert budget.cut_text("a" * 60) == "a" * 60
     assert budget.fits(30) and not budget.cut
     budget.take(30)
@@ -477,7 +477,7 @@ def test_the_output_budget_counts_every_part() -> None:
 @given(st.lists(st.one_of(st.text(max_size=300), st.integers(0, 400)), max_size=40))
 @PROPERTY
 def test_the_output_budget_never_keeps_more_than_the_cap(parts: list[str | int]) -> None:
-    budget = _OutputBudget(256)
+    budget = OutputBudget(256)
     kept = 0
     for part in parts:
         if isinstance(part, str):

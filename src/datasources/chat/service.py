@@ -17,6 +17,7 @@ A message is handled in three steps, each reported as an :class:`Event`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from datasources.errors import (
 )
 from datasources.registry import DataSourceRegistry
 from datasources.sandbox.manager import SandboxManager
-from datasources.sandbox.session import DISPLAYS, Execution, Part
+from datasources.sandbox.session import DISPLAYS, Execution, OutputBudget, Part
 from datasources.store import StoredChat, StoredMessage
 from datasources.workspace import RESERVED_DIR, Workspace, safe_relative_path
 
@@ -106,6 +107,8 @@ class ChatService:
         self.root = settings.workspaces_dir
         self.provider = provider
         """The language model; None: offline replies (code blocks, /sql, briefs)."""
+        self._reply_budgets: dict[str, OutputBudget] = {}
+        """Per chat, while a reply is produced: what is left of its output cap."""
         # Both mechanisms are safe; which one runs is worth a line in the log.
         logger.info("Workspace files are opened beneath descriptors with %s.", safefs.mechanism())
 
@@ -432,14 +435,15 @@ class ChatService:
         reply_id = _message_id()
         try:
             async with self.sandboxes.lock(chat.id):
-                fetched: list[str] = []
-                async for event in self.fetch(owner, chat.id, resolved, user.id):
-                    fetched += [f["path"] for f in event.data.get("files", [])]
-                    yield event
-                steps = self._reply(owner, chat.id, content, resolved, fetched)
-                async for event, produced in steps:
-                    parts.extend(produced)
-                    yield event
+                with self._reply_budget(chat.id):
+                    fetched: list[str] = []
+                    async for event in self.fetch(owner, chat.id, resolved, user.id):
+                        fetched += [f["path"] for f in event.data.get("files", [])]
+                        yield event
+                    steps = self._reply(owner, chat.id, content, resolved, fetched)
+                    async for event, produced in steps:
+                        parts.extend(produced)
+                        yield event
         except DataSourceError as exc:
             parts.append(Part(type="error", name=exc.code, text=exc.message))
             yield Event(event="error", data={"code": exc.code, "message": exc.message})
@@ -533,10 +537,72 @@ class ChatService:
                     history.append({"role": "assistant", "content": text})
         return history
 
+    @contextlib.contextmanager
+    def _reply_budget(self, chat_id: str) -> Iterator[None]:
+        """One output cap for a whole reply, however many executions it takes."""
+        self._reply_budgets[chat_id] = OutputBudget(self.settings.sandbox_limits.output_bytes)
+        try:
+            yield
+        finally:
+            self._reply_budgets.pop(chat_id, None)
+
     async def run_code(self, chat_id: str, code: str) -> Execution:
-        """Run code in the chat's session; the caller holds the chat's lock."""
+        """Run code in the chat's session; the caller holds the chat's lock.
+
+        Within a reply, every execution's parts spend the reply's one output cap: once it
+        is spent, what is left is cut and further code is not run.
+        """
+        budget = self._reply_budgets.get(chat_id)
+        if budget is not None and budget.kept >= budget.cap:
+            return Execution(
+                ok=False,
+                parts=[
+                    Part(
+                        type="error",
+                        name="OutputLimit",
+                        text=f"This reply has used its output limit ({budget.cap} bytes): "
+                        "the code was not run.",
+                    )
+                ],
+                elapsed_ms=0,
+                truncated=True,
+            )
         session, _new = await self.sandboxes.session(chat_id, self.workspace_dir(chat_id))
-        return await session.execute(code)
+        result = await session.execute(code)
+        if budget is not None:
+            cut_before = budget.cut
+            result.parts = await asyncio.to_thread(
+                self._admit, self.workspace_dir(chat_id), budget, result.parts
+            )
+            if budget.cut and not cut_before:
+                result.truncated = True
+                result.parts.append(
+                    Part(type="text", text=f"(reply cut at its output limit, {budget.cap} bytes)")
+                )
+        return result
+
+    @staticmethod
+    def _admit(directory: Path, budget: OutputBudget, parts: list[Part]) -> list[Part]:
+        """``parts`` as far as ``budget`` allows: text cut, tables and images dropped."""
+        kept: list[Part] = []
+        for part in parts:
+            if part.type == "image" and part.path:
+                size = _display_size(directory, part.path)
+                if budget.fits(size):
+                    budget.take(size)
+                    kept.append(part)
+            elif part.type == "table":
+                size = len(json.dumps(part.data, default=str))
+                if budget.fits(size):
+                    budget.take(size)
+                    kept.append(part)
+            elif part.text is not None:
+                text = budget.cut_text(part.text, tail=part.type == "error")
+                if text or part.type == "error":
+                    kept.append(part.model_copy(update={"text": text or None}))
+            else:
+                kept.append(part)
+        return kept
 
     async def workspace_sources(self, chat_id: str) -> set[str]:
         """Ids of the sources whose data is in the chat's workspace."""
@@ -560,6 +626,21 @@ MANIFEST = "manifest.json"
 SERVED_FOLDERS = ("data", "outputs", DISPLAYS)
 """The workspace folders whose files the API lists and serves (besides the manifest)."""
 _MANIFEST_LIMIT = 64 * 1024 * 1024
+
+
+def _display_size(directory: Path, path: str) -> int:
+    """The size of a saved display (through a descriptor); 0 if it is gone."""
+    try:
+        anchor = safefs.open_anchor(directory)
+    except DataSourceError:
+        return 0
+    try:
+        with safefs.open_file(anchor, path) as file:
+            return file.size
+    except DataSourceError:
+        return 0
+    finally:
+        os.close(anchor)
 
 
 def _utf8(name: str) -> bool:

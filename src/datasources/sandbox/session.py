@@ -33,7 +33,7 @@ from datasources.config import SandboxLimits
 from datasources.errors import DataSourceError
 from datasources.sandbox.runtime import LaunchPlan, SandboxUnavailableError, plan_launch
 
-__all__ = ["Execution", "Part", "Session"]
+__all__ = ["Execution", "OutputBudget", "Part", "Session"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class Session:
             )
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
         parts: list[Part] = []
-        budget = _OutputBudget(self.limits.output_bytes)
+        budget = OutputBudget(self.limits.output_bytes)
         ok = True
         timed_out = False
         restarted = False
@@ -375,7 +375,7 @@ class Session:
             truncated=budget.cut,
         )
 
-    def _display(self, data: dict[str, Any], budget: _OutputBudget) -> Part | None:
+    def _display(self, data: dict[str, Any], budget: OutputBudget) -> Part | None:
         """A display message as a part, counted against ``budget`` (None: it did not fit).
 
         PNG images are saved in the workspace's ``displays/`` folder, which is never bound
@@ -471,8 +471,8 @@ def _save_display(workspace: Path, name: str, data: bytes) -> None:
         os.close(anchor)
 
 
-class _OutputBudget:
-    """How much of one execution's output is kept: every part counts, in bytes.
+class OutputBudget:
+    """How much of an execution's (or a reply's) output is kept: every part counts, in bytes.
 
     Stream text, results, tables (their JSON), images (their decoded bytes) and error text
     all spend the same ``cap``; text is cut to what is left, a table or image that does not
@@ -480,6 +480,7 @@ class _OutputBudget:
     """
 
     def __init__(self, cap: int) -> None:
+        """A budget of ``cap`` bytes."""
         self.cap = cap
         self.kept = 0
         self.dropped = 0
@@ -487,9 +488,11 @@ class _OutputBudget:
 
     @property
     def runaway(self) -> bool:
+        """More than eight times the cap was offered: stop the code producing it."""
         return self.dropped > self.cap * 8
 
     def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit (if not, they count as dropped)."""
         if self.kept + size <= self.cap:
             return True
         self.cut = True
@@ -497,9 +500,11 @@ class _OutputBudget:
         return False
 
     def take(self, size: int) -> None:
+        """Spend ``size`` bytes (after :meth:`fits` said yes)."""
         self.kept += size
 
     def cut_text(self, text: str, *, tail: bool = False) -> str:
+        """``text`` cut to what is left (its end, with ``tail``), spent."""
         raw = text.encode("utf-8", "surrogatepass")
         room = self.cap - self.kept
         if len(raw) > room:
