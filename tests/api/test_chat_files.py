@@ -348,7 +348,9 @@ async def test_one_output_cap_covers_a_whole_reply(sandbox_api: Api) -> None:
     chat = await new_chat(api)
     blocks = [
         "print('a' * 600_000)",
-        "from IPython.display import display\ndisplay({'text/plain': 'b' * 600_000}, raw=True)",
+        "from IPython.display import display\ndisplay({'text/plain': 'b' * 600_000}, raw=True)\n"
+        "import base64\npng = base64.b64encode(b'i' * 300_000).decode()\n"
+        "display({'image/png': png}, raw=True)",
         "open('outputs/third-ran', 'w').write('yes'); print('c' * 600_000)",
     ]
     content = "".join(f"```python\n{code}\n```\n" for code in blocks)
@@ -363,6 +365,10 @@ async def test_one_output_cap_covers_a_whole_reply(sandbox_api: Api) -> None:
     assert any(n.startswith("(reply cut at its output limit") for n in notes), notes
     assert [p["name"] for p in parts if p["type"] == "error"] == ["OutputLimit"]
     assert not (api.settings.workspaces_dir / chat / "outputs" / "third-ran").exists()
+    # The image of the second block fitted its execution but not the reply: not kept.
+    assert not [p for p in parts if p["type"] == "image"]
+    displays = api.settings.workspaces_dir / chat / "displays"
+    assert not displays.exists() or not list(displays.iterdir())
     assert len(response.content) <= cap + 64 * 1024
 
 

@@ -591,6 +591,8 @@ class ChatService:
                 if budget.fits(size):
                     budget.take(size)
                     kept.append(part)
+                else:
+                    _drop_display(directory, part.path)  # no part names it: not kept either
             elif part.type == "table":
                 size = len(json.dumps(part.data, default=str))
                 if budget.fits(size):
@@ -641,6 +643,16 @@ def _display_size(directory: Path, path: str) -> int:
         return 0
     finally:
         os.close(anchor)
+
+
+def _drop_display(directory: Path, path: str) -> None:
+    """Remove a saved display (``unlinkat`` beneath the workspace's descriptor)."""
+    with contextlib.suppress(DataSourceError, OSError):
+        anchor = safefs.open_anchor(directory)
+        try:
+            safefs.remove(anchor, path)
+        finally:
+            os.close(anchor)
 
 
 def _utf8(name: str) -> bool:
