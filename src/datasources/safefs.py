@@ -46,6 +46,7 @@ from datasources.errors import NotFoundError, UnsafePathError
 __all__ = [
     "SafeFile",
     "create_file",
+    "files",
     "listing",
     "mechanism",
     "open_anchor",
@@ -350,10 +351,23 @@ def listing(dir_fd: int, *, skip: frozenset[str] = frozenset()) -> Iterator[tupl
     Folders are entered through descriptors opened without following links; links,
     fifos, sockets and devices are not listed. Names in ``skip`` are left out at the top.
     """
-    yield from _listing(dir_fd, "", skip)
+    for path, st in files(dir_fd, skip=skip):
+        yield path, st.st_size
 
 
-def _listing(dir_fd: int, prefix: str, skip: frozenset[str]) -> Iterator[tuple[str, int]]:
+def files(
+    dir_fd: int, *, skip: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, os.stat_result]]:
+    """Like :func:`listing`, with each file's ``lstat`` (sizes, blocks, times).
+
+    What a watchdog needs to count or prune a sandbox-writable folder: e.g. remove what
+    changed since a moment with ``remove(dir_fd, path)`` for each path whose ``st_mtime``
+    is newer — every step relative to descriptors, none through a link.
+    """
+    yield from _files(dir_fd, "", skip)
+
+
+def _files(dir_fd: int, prefix: str, skip: frozenset[str]) -> Iterator[tuple[str, os.stat_result]]:
     with os.scandir(dir_fd) as entries:
         found = sorted(
             (entry.name, entry.stat(follow_symlinks=False))
@@ -362,14 +376,14 @@ def _listing(dir_fd: int, prefix: str, skip: frozenset[str]) -> Iterator[tuple[s
         )
     for name, st in found:
         if stat.S_ISREG(st.st_mode):
-            yield prefix + name, st.st_size
+            yield prefix + name, st
         elif stat.S_ISDIR(st.st_mode):
             try:
                 sub = open_beneath(dir_fd, name, _DIR_FLAGS)
             except (OSError, UnsafePathError):
                 continue  # swapped for something else since it was listed: skipped
             try:
-                yield from _listing(sub, f"{prefix}{name}/", frozenset())
+                yield from _files(sub, f"{prefix}{name}/", frozenset())
             finally:
                 os.close(sub)
 

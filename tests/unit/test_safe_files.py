@@ -504,3 +504,38 @@ def test_a_workspace_refuses_links_at_its_reserved_names(tmp_path: Path) -> None
         workspace.record(entry)
     assert workspace.manifest() == {}
     assert (outside / "victim").read_text() == "kept"
+
+
+def test_pruning_what_changed_never_removes_through_a_swapped_folder(
+    mechanism: str, tmp_path: Path
+) -> None:
+    """What a quota watchdog does after a breach (remove every file newer than the start),
+    done with ``files`` + ``remove`` while the folder is swapped with a link to a host
+    folder whose files are just as new."""
+    anchor, outside = tmp_path / "anchor", tmp_path / "outside"
+    (anchor / "d").mkdir(parents=True)
+    outside.mkdir()
+    (anchor / "l").symlink_to(outside)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            _exchange(anchor / "d", anchor / "l")
+
+    thread = threading.Thread(target=swap, daemon=True)
+    fd = safefs.open_anchor(anchor)
+    thread.start()
+    try:
+        for round_ in range(300):
+            (outside / f"host-{round_}").write_text("new and precious")
+            with contextlib.suppress(OSError):
+                (anchor / "d" / f"w-{round_}").write_text("written by the code")
+            for path, _st in list(safefs.files(fd)):
+                with contextlib.suppress(DataSourceError, OSError):
+                    safefs.remove(fd, path)
+    finally:
+        stop.set()
+        thread.join(10)
+        os.close(fd)
+    # (the writes by "the code" may land outside through the link: it is the code's own doing)
+    assert len([n for n in os.listdir(outside) if n.startswith("host-")]) == 300
