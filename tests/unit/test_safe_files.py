@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import stat
 import tempfile
@@ -539,3 +540,29 @@ def test_pruning_what_changed_never_removes_through_a_swapped_folder(
         os.close(fd)
     # (the writes by "the code" may land outside through the link: it is the code's own doing)
     assert len([n for n in os.listdir(outside) if n.startswith("host-")]) == 300
+
+
+def test_without_openat2_the_walk_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A kernel without openat2 (or a seccomp profile refusing it): ENOSYS -> the walk."""
+
+    def enosys(*_args: object) -> int:
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+
+    monkeypatch.setattr(safefs, "_syscall", enosys)
+    monkeypatch.setattr(safefs, "_use_openat2", None)
+    assert safefs.mechanism() == "O_NOFOLLOW walk"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "l").symlink_to(tmp_path / "d")
+    fd = safefs.open_anchor(tmp_path)
+    try:
+        with safefs.open_file(fd, "d/f") as file:
+            assert file.size == 1
+        with pytest.raises(UnsafePathError):
+            safefs.open_file(fd, "l/f")
+    finally:
+        os.close(fd)
+    monkeypatch.undo()
+    safefs._force_walk(False)
+    assert safefs.mechanism() == "openat2"
