@@ -80,7 +80,10 @@ class SandboxLimits(BaseModel):
     file_size_bytes: int = Field(default=1024**3, ge=1024)
     tmp_bytes: int = Field(default=256 * 1024**2, ge=1024**2, description="Private /tmp size.")
     output_bytes: int = Field(
-        default=1024**2, ge=1024, description="stdout/stderr kept per execution; the rest cut."
+        default=1024**2,
+        ge=1024,
+        description="Bytes of output kept per execution: text, results, tables, images and "
+        "errors all count; the rest is cut.",
     )
     timeout: float = Field(default=60.0, gt=0, le=3600, description="Default per execution.")
     idle_seconds: float = Field(default=900.0, gt=0, description="Idle sessions are closed.")

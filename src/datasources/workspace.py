@@ -1,7 +1,8 @@
 """The one place that turns a remote path into a local path, and writes there safely.
 
 * :func:`safe_relative_path` normalises ``\\`` to ``/`` and rejects absolute paths, ``..``
-  and ``.`` segments, empty segments, NUL and control characters and over-long names.
+  and ``.`` segments, empty segments, NUL and control characters, text that is not UTF-8
+  and over-long names.
 * :func:`resolve_inside` resolves symlinks and proves containment with
   :meth:`Path.is_relative_to` on resolved paths (never a string prefix test).
 * :class:`AtomicFile` writes to a temp file (``O_EXCL | O_NOFOLLOW``), hashes as it goes,
@@ -75,6 +76,10 @@ def safe_relative_path(path: str, *, allow_reserved: bool = False) -> PurePosixP
         raise UnsafePathError("The path must be text.")
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise UnsafePathError(f"The path {_describe(path)} contains a NUL or control character.")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file system name, no JSON string
+        raise UnsafePathError("The path is not valid UTF-8 text.") from None
     normalised = path.replace("\\", "/")
     if not normalised.strip("/"):
         raise UnsafePathError("The path is empty.")
@@ -418,7 +423,17 @@ class Workspace:
         self._state = self.root / RESERVED_DIR
         self.tmp_dir = self._state / "tmp"
         try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            # The reserved folders one at a time, each checked with lstat: a link planted at
+            # '.datasources' must be refused, not have mkdir(parents=True) make folders
+            # wherever it points.
+            for folder in (self._state, self.tmp_dir):
+                with contextlib.suppress(FileExistsError):
+                    folder.mkdir()
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    raise UnsafePathError(
+                        f"The workspace's {RESERVED_DIR!r} folder is a link or not a folder."
+                    )
         except (FileExistsError, NotADirectoryError):
             raise InvalidInputError(f"The workspace {str(root)!r} is not a folder.") from None
         except PermissionError:
@@ -501,7 +516,12 @@ class Workspace:
     def record(self, entry: ManifestEntry) -> None:
         """Append one provenance entry (locked across processes, fsynced)."""
         line = entry.model_dump_json() + "\n"
-        with self._lock, open(self.manifest_path, "a", encoding="utf-8") as fh:
+        # O_NOFOLLOW: a link planted at the manifest's name is refused, never appended through.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        with (
+            self._lock,
+            open(os.open(self.manifest_path, flags, 0o644), "a", encoding="utf-8") as fh,
+        ):
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 fh.write(line)
@@ -512,15 +532,18 @@ class Workspace:
 
     def _load(self) -> None:
         try:
-            size = self.manifest_path.stat().st_size
+            st = self.manifest_path.lstat()
         except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):  # missing, or a link: no entries
             self._entries, self._offset = {}, 0
             return
+        size = st.st_size
         if size < self._offset:  # truncated or replaced: read again from the start
             self._entries, self._offset = {}, 0
         if size == self._offset:
             return
-        with open(self.manifest_path, "rb") as fh:
+        with open(os.open(self.manifest_path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
             fh.seek(self._offset)
             data = fh.read()
         complete = data.rfind(b"\n") + 1  # a line still being appended is read next time

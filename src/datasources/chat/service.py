@@ -26,13 +26,14 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from datasources import safefs
 from datasources.chat.assistant import run_assistant
 from datasources.chat.llm import LLMProvider
 from datasources.chat.refs import DataRef, parse_mentions
@@ -45,9 +46,9 @@ from datasources.errors import (
 )
 from datasources.registry import DataSourceRegistry
 from datasources.sandbox.manager import SandboxManager
-from datasources.sandbox.session import Execution, Part
+from datasources.sandbox.session import DISPLAYS, Execution, OutputBudget, Part
 from datasources.store import StoredChat, StoredMessage
-from datasources.workspace import Workspace, resolve_inside, safe_relative_path
+from datasources.workspace import RESERVED_DIR, Workspace, safe_relative_path
 
 __all__ = ["ChatService", "Event", "FetchedFile"]
 
@@ -106,6 +107,10 @@ class ChatService:
         self.root = settings.workspaces_dir
         self.provider = provider
         """The language model; None: offline replies (code blocks, /sql, briefs)."""
+        self._reply_budgets: dict[str, OutputBudget] = {}
+        """Per chat, while a reply is produced: what is left of its output cap."""
+        # Both mechanisms are safe; which one runs is worth a line in the log.
+        logger.info("Workspace files are opened beneath descriptors with %s.", safefs.mechanism())
 
     def workspace_dir(self, chat_id: str) -> Path:
         if not _ID.match(chat_id):
@@ -217,12 +222,15 @@ class ChatService:
             ) from None
 
     def _used_bytes(self, directory: Path) -> int:
-        total = 0
-        for base, _dirs, files in os.walk(directory):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    total += os.lstat(os.path.join(base, name)).st_size
-        return total
+        """Bytes of regular files in the chat's workspace, walked through descriptors."""
+        try:
+            anchor = safefs.open_anchor(directory)
+        except DataSourceError:
+            return 0
+        try:
+            return sum(size for _path, size in safefs.listing(anchor))
+        finally:
+            os.close(anchor)
 
     async def fetch(
         self, owner: str, chat_id: str, refs: Sequence[tuple[DataRef, Any]], message_id: str
@@ -289,11 +297,7 @@ class ChatService:
         message_id: str,
     ) -> list[dict[str, Any]]:
         """Add the fetched files to ``manifest.json`` (atomically); their entries."""
-        manifest_path = directory / "manifest.json"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            manifest = {"files": {}}
+        manifest = _read_manifest(directory)
         entries = workspace.manifest()
         added = []
         for path in local:
@@ -305,56 +309,95 @@ class ChatService:
                 remote=ref.target,
                 kind=ref.kind,
                 etag=entry.etag if entry else None,
-                bytes=path.stat().st_size,
+                bytes=path.lstat().st_size,
                 sha256=entry.sha256 if entry else None,
                 fetched_at=entry.fetched_at if entry else datetime.now(UTC),
                 message_id=message_id,
             )
-            manifest["files"][rel] = record.model_dump(mode="json")
+            manifest.setdefault("files", {})[rel] = record.model_dump(mode="json")
             added.append(record.model_dump(mode="json"))
-        tmp = manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, manifest_path)
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        anchor = safefs.open_anchor(directory)
+        try:
+            safefs.replace_file(anchor, MANIFEST, data)
+        finally:
+            os.close(anchor)
         return added
 
     # -- files ------------------------------------------------------------------------
 
     async def files(self, owner: str, chat_id: str) -> list[FetchedFile]:
-        """Every file of the workspace (data with provenance, outputs), by path."""
+        """Every file of the workspace (data with provenance, outputs, displays), by path.
+
+        The sandbox can rename and swap entries of ``outputs/`` while this runs: folders
+        are entered through descriptors opened without following links, so a swapped-in
+        link is skipped, never listed through.
+        """
         chat = await self.get_chat(owner, chat_id)
         directory = self.workspace_dir(chat.id)
 
         def scan() -> list[FetchedFile]:
             try:
-                known = json.loads((directory / "manifest.json").read_text())["files"]
-            except (OSError, ValueError, KeyError):
+                known = _read_manifest(directory)["files"]
+            except (KeyError, TypeError):
                 known = {}
             found = []
-            for sub in ("data", "outputs"):
-                for base, dirs, names in os.walk(directory / sub):
-                    dirs[:] = sorted(d for d in dirs if d != ".datasources")
-                    for name in sorted(names):
-                        path = Path(base) / name
-                        rel = path.relative_to(directory).as_posix()
-                        if rel in known:
-                            found.append(FetchedFile.model_validate(known[rel]))
-                        else:
-                            found.append(FetchedFile(path=rel, bytes=path.lstat().st_size))
+            anchor = safefs.open_anchor(directory)
+            try:
+                for top in SERVED_FOLDERS:
+                    try:
+                        folder = safefs.open_dir(anchor, top)
+                    except (OSError, DataSourceError):
+                        continue
+                    try:
+                        for name, size in safefs.listing(folder, skip=frozenset({RESERVED_DIR})):
+                            rel = f"{top}/{name}"
+                            if "/.datasources/" in f"/{name}" or not _utf8(name):
+                                continue  # a source workspace's own state; an unnamable file
+                            if rel in known:
+                                found.append(FetchedFile.model_validate(known[rel]))
+                            else:
+                                found.append(FetchedFile(path=rel, bytes=size))
+                    finally:
+                        os.close(folder)
+            finally:
+                os.close(anchor)
             return found
 
         return await asyncio.to_thread(scan)
 
-    async def open_file(self, owner: str, chat_id: str, path: str) -> Path:
-        """A workspace file's local path (validated: inside the workspace, a regular file)."""
+    async def open_file(
+        self, owner: str, chat_id: str, path: str, *, check_path: bool = True
+    ) -> safefs.SafeFile:
+        """A workspace file, opened for reading: stream it from the returned descriptor.
+
+        ``path`` is checked for shape (``check_path``: tests switch it off to prove the
+        layer below), then opened beneath the chat's workspace descriptor with no link
+        followed at any component, and ``fstat``-checked to be a regular file. The caller
+        reads that descriptor; the path is never opened again, so nothing the sandbox
+        renames afterwards changes what is served.
+        """
         chat = await self.get_chat(owner, chat_id)
         directory = self.workspace_dir(chat.id)
-        relative = safe_relative_path(path)
-        if relative.parts[0] not in ("data", "outputs") and relative.as_posix() != "manifest.json":
-            raise NotFoundError(f"{path!r} is not a file of this chat.")
-        local = resolve_inside(directory, relative)
-        if not local.is_file() or local.is_symlink():
-            raise NotFoundError(f"{path!r} is not a file of this chat.")
-        return local
+        missing = NotFoundError(f"{path!r} is not a file of this chat.")
+        if check_path:
+            relative = safe_relative_path(path).as_posix()
+            top = relative.split("/", 1)[0]
+            if top not in SERVED_FOLDERS and relative != MANIFEST:
+                raise missing
+        else:
+            relative = path
+
+        def open_() -> safefs.SafeFile:
+            anchor = safefs.open_anchor(directory)
+            try:
+                return safefs.open_file(anchor, relative)
+            except NotFoundError:
+                raise missing from None
+            finally:
+                os.close(anchor)
+
+        return await asyncio.to_thread(open_)
 
     # -- code -------------------------------------------------------------------------
 
@@ -392,14 +435,15 @@ class ChatService:
         reply_id = _message_id()
         try:
             async with self.sandboxes.lock(chat.id):
-                fetched: list[str] = []
-                async for event in self.fetch(owner, chat.id, resolved, user.id):
-                    fetched += [f["path"] for f in event.data.get("files", [])]
-                    yield event
-                steps = self._reply(owner, chat.id, content, resolved, fetched)
-                async for event, produced in steps:
-                    parts.extend(produced)
-                    yield event
+                with self._reply_budget(chat.id):
+                    fetched: list[str] = []
+                    async for event in self.fetch(owner, chat.id, resolved, user.id):
+                        fetched += [f["path"] for f in event.data.get("files", [])]
+                        yield event
+                    steps = self._reply(owner, chat.id, content, resolved, fetched)
+                    async for event, produced in steps:
+                        parts.extend(produced)
+                        yield event
         except DataSourceError as exc:
             parts.append(Part(type="error", name=exc.code, text=exc.message))
             yield Event(event="error", data={"code": exc.code, "message": exc.message})
@@ -493,19 +537,81 @@ class ChatService:
                     history.append({"role": "assistant", "content": text})
         return history
 
+    @contextlib.contextmanager
+    def _reply_budget(self, chat_id: str) -> Iterator[None]:
+        """One output cap for a whole reply, however many executions it takes."""
+        self._reply_budgets[chat_id] = OutputBudget(self.settings.sandbox_limits.output_bytes)
+        try:
+            yield
+        finally:
+            self._reply_budgets.pop(chat_id, None)
+
     async def run_code(self, chat_id: str, code: str) -> Execution:
-        """Run code in the chat's session; the caller holds the chat's lock."""
+        """Run code in the chat's session; the caller holds the chat's lock.
+
+        Within a reply, every execution's parts spend the reply's one output cap: once it
+        is spent, what is left is cut and further code is not run.
+        """
+        budget = self._reply_budgets.get(chat_id)
+        if budget is not None and budget.kept >= budget.cap:
+            return Execution(
+                ok=False,
+                parts=[
+                    Part(
+                        type="error",
+                        name="OutputLimit",
+                        text=f"This reply has used its output limit ({budget.cap} bytes): "
+                        "the code was not run.",
+                    )
+                ],
+                elapsed_ms=0,
+                truncated=True,
+            )
         session, _new = await self.sandboxes.session(chat_id, self.workspace_dir(chat_id))
-        return await session.execute(code)
+        result = await session.execute(code)
+        if budget is not None:
+            cut_before = budget.cut
+            result.parts = await asyncio.to_thread(
+                self._admit, self.workspace_dir(chat_id), budget, result.parts
+            )
+            if budget.cut and not cut_before:
+                result.truncated = True
+                result.parts.append(
+                    Part(type="text", text=f"(reply cut at its output limit, {budget.cap} bytes)")
+                )
+        return result
+
+    @staticmethod
+    def _admit(directory: Path, budget: OutputBudget, parts: list[Part]) -> list[Part]:
+        """``parts`` as far as ``budget`` allows: text cut, tables and images dropped."""
+        kept: list[Part] = []
+        for part in parts:
+            if part.type == "image" and part.path:
+                size = _display_size(directory, part.path)
+                if budget.fits(size):
+                    budget.take(size)
+                    kept.append(part)
+                else:
+                    _drop_display(directory, part.path)  # no part names it: not kept either
+            elif part.type == "table":
+                size = len(json.dumps(part.data, default=str))
+                if budget.fits(size):
+                    budget.take(size)
+                    kept.append(part)
+            elif part.text is not None:
+                text = budget.cut_text(part.text, tail=part.type == "error")
+                if text or part.type == "error":
+                    kept.append(part.model_copy(update={"text": text or None}))
+            else:
+                kept.append(part)
+        return kept
 
     async def workspace_sources(self, chat_id: str) -> set[str]:
         """Ids of the sources whose data is in the chat's workspace."""
+        manifest = await asyncio.to_thread(_read_manifest, self.workspace_dir(chat_id))
         try:
-            text = await asyncio.to_thread(
-                (self.workspace_dir(chat_id) / "manifest.json").read_text
-            )
-            files = json.loads(text)["files"]
-        except (OSError, ValueError, KeyError):
+            files = manifest["files"]
+        except (KeyError, TypeError):
             return set()
         return {f["source_id"] for f in files.values() if f.get("source_id")}
 
@@ -516,6 +622,61 @@ class ChatService:
             if part.type == "error":
                 kind = "error"
             yield Event(event=kind, data=part.model_dump(exclude_none=True)), [part]
+
+
+MANIFEST = "manifest.json"
+SERVED_FOLDERS = ("data", "outputs", DISPLAYS)
+"""The workspace folders whose files the API lists and serves (besides the manifest)."""
+_MANIFEST_LIMIT = 64 * 1024 * 1024
+
+
+def _display_size(directory: Path, path: str) -> int:
+    """The size of a saved display (through a descriptor); 0 if it is gone."""
+    try:
+        anchor = safefs.open_anchor(directory)
+    except DataSourceError:
+        return 0
+    try:
+        with safefs.open_file(anchor, path) as file:
+            return file.size
+    except DataSourceError:
+        return 0
+    finally:
+        os.close(anchor)
+
+
+def _drop_display(directory: Path, path: str) -> None:
+    """Remove a saved display (``unlinkat`` beneath the workspace's descriptor)."""
+    with contextlib.suppress(DataSourceError, OSError):
+        anchor = safefs.open_anchor(directory)
+        try:
+            safefs.remove(anchor, path)
+        finally:
+            os.close(anchor)
+
+
+def _utf8(name: str) -> bool:
+    """Whether a listed name (``surrogateescape``d bytes) is text a reply can carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    """The chat's ``manifest.json`` (read through a descriptor), or an empty one."""
+    try:
+        anchor = safefs.open_anchor(directory)
+    except DataSourceError:
+        return {"files": {}}
+    try:
+        manifest = json.loads(safefs.read_file(anchor, MANIFEST, limit=_MANIFEST_LIMIT))
+    except (OSError, ValueError, DataSourceError):
+        return {"files": {}}
+    finally:
+        os.close(anchor)
+    return manifest if isinstance(manifest, dict) else {"files": {}}
 
 
 def _brief_code(paths: list[str]) -> str:

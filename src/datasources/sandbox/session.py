@@ -28,10 +28,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from datasources import safefs
 from datasources.config import SandboxLimits
+from datasources.errors import DataSourceError
 from datasources.sandbox.runtime import LaunchPlan, SandboxUnavailableError, plan_launch
 
-__all__ = ["Execution", "Part", "Session"]
+__all__ = ["Execution", "OutputBudget", "Part", "Session"]
 
 logger = logging.getLogger(__name__)
 
@@ -280,9 +282,7 @@ class Session:
             )
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
         parts: list[Part] = []
-        budget = self.limits.output_bytes
-        kept = 0
-        truncated = False
+        budget = OutputBudget(self.limits.output_bytes)
         ok = True
         timed_out = False
         restarted = False
@@ -326,29 +326,22 @@ class Session:
             if kind == "status" and content.get("execution_state") == "idle":
                 break
             if kind == "stream":
-                text = content.get("text", "")
-                if kept + len(text) > budget:
-                    text = text[: max(budget - kept, 0)]
-                    truncated = True
-                    if kept > budget * 8 and interrupted_at is None:
-                        # Printing without end: stop it rather than read gigabytes.
-                        interrupted_at = time.monotonic()
-                        await self._interrupt()
-                kept += len(text)
+                text = budget.cut_text(content.get("text", ""))
                 if text:
                     _append_stream(parts, content.get("name", "stdout"), text)
             elif kind in ("execute_result", "display_data"):
-                parts.append(self._display(content.get("data", {})))
+                part = self._display(content.get("data", {}), budget)
+                if part is not None:
+                    parts.append(part)
             elif kind == "error":
                 ok = False
                 trace = _ANSI.sub("", "\n".join(content.get("traceback", [])))
-                parts.append(
-                    Part(
-                        type="error",
-                        name=content.get("ename"),
-                        text=trace[-4000:] or content.get("evalue"),
-                    )
-                )
+                text = budget.cut_text(trace[-4000:] or str(content.get("evalue", "")), tail=True)
+                parts.append(Part(type="error", name=content.get("ename"), text=text or None))
+            if budget.runaway and interrupted_at is None:
+                # Output without end (printing, displaying): stop it rather than read gigabytes.
+                interrupted_at = time.monotonic()
+                await self._interrupt()
         if not restarted and self.mode == "bwrap":
             strays = await asyncio.to_thread(self._reap_strays)
             if strays:
@@ -365,33 +358,59 @@ class Session:
                     + ("stopped; the session was restarted." if restarted else "interrupted."),
                 )
             )
-        if truncated:
-            parts.append(Part(type="text", text=f"(output cut at {budget} bytes)"))
+        if budget.cut:
+            parts.append(
+                Part(
+                    type="text",
+                    text=f"(output cut at {budget.cap} bytes: {budget.dropped} more bytes of "
+                    "text, results, tables or images were not kept)",
+                )
+            )
         return Execution(
             ok=ok and not restarted,
             parts=parts,
             elapsed_ms=(time.perf_counter() - start) * 1000,
             timed_out=timed_out,
             restarted=restarted,
-            truncated=truncated,
+            truncated=budget.cut,
         )
 
-    def _display(self, data: dict[str, Any]) -> Part:
-        """A display message as a part: PNG images become workspace files."""
+    def _display(self, data: dict[str, Any], budget: OutputBudget) -> Part | None:
+        """A display message as a part, counted against ``budget`` (None: it did not fit).
+
+        PNG images are saved in the workspace's ``displays/`` folder, which is never bound
+        into the sandbox: the bytes arrived over the kernel protocol, so the service never
+        writes where sandboxed code could have planted a name. Even so the file is created
+        ``O_EXCL | O_NOFOLLOW`` relative to descriptors opened without following links.
+        """
         png = data.get("image/png")
         if isinstance(png, str):
-            self._figures += 1
-            name = f"figure-{int(time.time())}-{self._figures}.png"
-            target = self.slot / "outputs" / name
+            if not budget.fits(len(png) * 3 // 4):  # decoded size, before decoding it
+                return None
             try:
-                target.write_bytes(base64.b64decode(png))
-            except (ValueError, OSError):
+                raw = base64.b64decode(png)
+            except ValueError:
+                return Part(type="error", name="DisplayError", text="An image could not be read.")
+            name = f"figure-{secrets.token_hex(8)}.png"
+            try:
+                _save_display(self.slot, name, raw)
+            except (OSError, DataSourceError):
+                logger.warning("A display could not be saved under %s.", self.slot, exc_info=True)
                 return Part(type="error", name="DisplayError", text="An image could not be saved.")
-            return Part(type="image", path=f"outputs/{name}", name=name)
-        if "application/vnd.datasources.table+json" in data:
-            return Part(type="table", data=data["application/vnd.datasources.table+json"])
-        text = data.get("text/plain", "")
-        return Part(type="result", text=str(text)[: self.limits.output_bytes])
+            budget.take(len(raw))
+            return Part(type="image", path=f"{DISPLAYS}/{name}", name=name)
+        table = data.get("application/vnd.datasources.table+json")
+        if table is not None:
+            try:
+                size = len(json.dumps(table, default=str))
+            except (TypeError, ValueError):
+                return Part(type="error", name="DisplayError", text="A table could not be read.")
+            if not budget.fits(size):
+                return None
+            budget.take(size)
+            return Part(type="table", data=table)
+        text = budget.cut_text(str(data.get("text/plain", "")))
+        return Part(type="result", text=text) if text or not budget.cut else None
 
     def _death_reason(self) -> str:
         process = self._process
@@ -434,6 +453,67 @@ class Session:
                     break
                 await asyncio.sleep(0.02)
         shutil.rmtree(self.sockets, ignore_errors=True)
+
+
+DISPLAYS = "displays"
+"""The workspace folder, never bound into the sandbox, where display images are kept."""
+
+
+def _save_display(workspace: Path, name: str, data: bytes) -> None:
+    anchor = safefs.open_anchor(workspace)
+    try:
+        folder = safefs.open_dir(anchor, DISPLAYS, create=True)
+        try:
+            safefs.create_file(folder, name, data)
+        finally:
+            os.close(folder)
+    finally:
+        os.close(anchor)
+
+
+class OutputBudget:
+    """How much of an execution's (or a reply's) output is kept: every part counts, in bytes.
+
+    Stream text, results, tables (their JSON), images (their decoded bytes) and error text
+    all spend the same ``cap``; text is cut to what is left, a table or image that does not
+    fit is dropped whole. Past eight times the cap offered, the output is runaway.
+    """
+
+    def __init__(self, cap: int) -> None:
+        """A budget of ``cap`` bytes."""
+        self.cap = cap
+        self.kept = 0
+        self.dropped = 0
+        self.cut = False
+
+    @property
+    def runaway(self) -> bool:
+        """More than eight times the cap was offered: stop the code producing it."""
+        return self.dropped > self.cap * 8
+
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit (if not, they count as dropped)."""
+        if self.kept + size <= self.cap:
+            return True
+        self.cut = True
+        self.dropped += size
+        return False
+
+    def take(self, size: int) -> None:
+        """Spend ``size`` bytes (after :meth:`fits` said yes)."""
+        self.kept += size
+
+    def cut_text(self, text: str, *, tail: bool = False) -> str:
+        """``text`` cut to what is left (its end, with ``tail``), spent."""
+        raw = text.encode("utf-8", "surrogatepass")
+        room = self.cap - self.kept
+        if len(raw) > room:
+            self.cut = True
+            self.dropped += len(raw) - max(room, 0)
+            raw = raw[-room:] if tail and room > 0 else raw[: max(room, 0)]
+            text = raw.decode("utf-8", "ignore")
+        self.kept += len(raw)
+        return text
 
 
 def _append_stream(parts: list[Part], name: str, text: str) -> None:

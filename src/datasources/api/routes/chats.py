@@ -7,14 +7,20 @@ Owned and isolated exactly like data sources: another owner's chat id is a 404.
 # build_router, a local name it could not resolve from a string.
 
 import json
+import mimetypes
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
+from email.utils import formatdate
 from typing import Annotated, Any
+from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, Body, Path, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from datasources import safefs
 from datasources.api.paging import keyset_page
 from datasources.api.routes.datasources import COMMON, _problem
 from datasources.api.security import CurrentPrincipal
@@ -248,7 +254,7 @@ def build_router(api: ApiSettings) -> APIRouter:
     @router.get(
         "/{chat_id}/files/{path:path}",
         summary="Download a workspace file, streamed",
-        response_class=FileResponse,
+        response_class=StreamingResponse,
         responses={
             **CHAT,
             400: _problem("The path is not safe."),
@@ -265,11 +271,72 @@ def build_router(api: ApiSettings) -> APIRouter:
         chat_id: ChatId,
         path: Annotated[str, Path(min_length=1, max_length=4096)],
         caller: CurrentPrincipal,
-    ) -> FileResponse:
-        local = await service(request).open_file(caller.owner, chat_id, path)
-        return FileResponse(local, filename=local.name)
+    ) -> Response:
+        file = await service(request).open_file(caller.owner, chat_id, path)
+        return _stream_file(file, request.headers.get("range"))
 
     return router
+
+
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``Range: bytes=…``; None: the whole file.
+
+    Raises:
+        ValueError: a range this file cannot satisfy (answered 416).
+    """
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.group(1) == match.group(2) == "":
+        return None  # absent, several ranges, or another unit: the whole file (RFC 9110)
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        start, end = max(size - int(last), 0), size
+    else:
+        start, end = int(first), min(int(last) + 1, size) if last else size
+    if start >= size or start >= end:
+        raise ValueError("unsatisfiable range")
+    return start, end
+
+
+def _stream_file(file: safefs.SafeFile, range_header: str | None = None) -> Response:
+    """Stream the descriptor that was opened and checked — never the path again.
+
+    Files come from sandboxed code: they are attachments, never sniffed, and sandboxed
+    if a browser renders them anyway. A single byte range is honoured.
+    """
+    media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"attachment; filename*=utf-8''{quote(file.name)}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+        "Last-Modified": formatdate(file.mtime, usegmt=True),
+    }
+    try:
+        span = _byte_range(range_header, file.size)
+    except ValueError:
+        file.close()
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{file.size}"})
+    start, end = span or (0, file.size)
+    headers["Content-Length"] = str(end - start)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{file.size}"
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            chunks = file.chunks(start=start, end=end)
+            while True:
+                chunk = await anyio.to_thread.run_sync(next, chunks, None)
+                if chunk is None:
+                    break
+                yield chunk
+        finally:
+            file.close()
+
+    status = 200 if span is None else 206
+    return StreamingResponse(body(), status_code=status, media_type=media_type, headers=headers)
 
 
 async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
