@@ -37,6 +37,7 @@ from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
     ItemStream,
+    ListingQuery,
     ProgressCallback,
     check_page_limit,
     decode_cursor,
@@ -867,9 +868,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         # Markers are opaque, so a resume point (start_after) is skipped to locally.
         pages = self._list_pages(query.prefix, delimiter, None, self.list_page_size)
         async for items, _next in pages:
-            for item in items:
-                if (start_after is None or item.path > start_after) and query.accepts(item):
-                    yield item
+            for item in await _kept(items, query, start_after):
+                yield item
 
     async def list_page(
         self,
@@ -887,7 +887,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         if query.empty:
             return Page(items=[])
         async for page, following in self._list_pages(query.prefix, delimiter, token, limit):
-            items = [item for item in page if query.accepts(item)]
+            items = await _kept(page, query, None)
             return Page(items=items, next_cursor=encode_cursor(following) if following else None)
         return Page(items=[])
 
@@ -1173,6 +1173,23 @@ _MONTHS = {
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
     )
 }
+
+
+async def _kept(
+    items: list[DataItem], query: ListingQuery, start_after: str | None
+) -> list[DataItem]:
+    """The items of a page a listing keeps; glob matching (CPU) runs off the event loop."""
+
+    def keep() -> list[DataItem]:
+        return [
+            item
+            for item in items
+            if (start_after is None or item.path > start_after) and query.accepts(item)
+        ]
+
+    if query.matcher is None:
+        return keep()
+    return await asyncio.to_thread(keep)
 
 
 def _http_date(value: str | None) -> datetime | None:
