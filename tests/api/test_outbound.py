@@ -361,3 +361,28 @@ async def test_a_name_pattern_does_not_open_loopback(tmp_path: Path) -> None:
         response = await client.post(SOURCES, json=_pg("localhost", port), headers=auth)
         assert response.status_code == 403, response.text
         assert "loopback" in response.json()["detail"]
+
+
+async def test_the_azure_session_refuses_redirects_even_where_a_call_forgets_to() -> None:
+    """The session-wide backstop: a request sent with aiohttp's default
+    (allow_redirects=True) still stops at the first redirect."""
+    from datasources.connectors.azure_blob import AzureBlobConnector
+    from datasources.errors import PermissionDeniedError
+    from datasources.netpolicy import OutboundPolicy
+
+    internal, stop_internal = _serve(_internal_app(), "127.0.0.2")
+    endpoint, stop_endpoint = _serve(
+        _redirecting_app(302, internal, redirect_head=True), "127.0.0.1"
+    )
+    connector = AzureBlobConnector(
+        {"account_url": f"{endpoint}/acct", "anonymous": True, "container_name": "ccc"},
+        outbound=OutboundPolicy(allowed_hosts=["127.0.0.1"]),
+    )
+    try:
+        async with connector:
+            with pytest.raises(PermissionDeniedError, match="redirect"):
+                async with connector._session.get(f"{endpoint}/acct/ccc/x") as response:
+                    await response.read()
+    finally:
+        stop_endpoint()
+        stop_internal()
