@@ -35,7 +35,7 @@ MAX_GLOB_LENGTH = 1024
 """Longest glob accepted (Azure's longest blob name is 1,024 characters)."""
 
 _WILDCARDS = "*?["
-_RE2_MAX_MEM = 8 << 20  # per compiled pattern: bounds the DFA cache
+_RE2_MAX_MEM = 2 << 20  # per compiled pattern (program + DFA cache): 64 cached ≤ 128 MiB
 
 
 def _char(c: str) -> str:
@@ -115,7 +115,7 @@ class GlobMatcher:
             return self._regex.fullmatch(text) is not None
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=64)
 def compile_glob(pattern: str) -> GlobMatcher:
     """Compile a path glob (syntax in the module docstring); a clear error if it is bad."""
     import re2  # type: ignore[import-untyped]
@@ -124,6 +124,7 @@ def compile_glob(pattern: str) -> GlobMatcher:
         raise InvalidInputError(f"A glob is at most {MAX_GLOB_LENGTH} characters.")
     options = re2.Options()
     options.max_mem = _RE2_MAX_MEM
+    options.log_errors = False  # a DFA over budget falls back to the NFA: not an error
     try:
         regex = re2.compile(_translate(pattern), options)
     except re2.error:
