@@ -278,6 +278,18 @@ async def test_redirects_from_an_allowed_endpoint_are_not_followed(
                 assert response.status_code == 403, (response.request.url, response.text)
                 assert "redirect" in response.json()["detail"]
             assert responses[4].json()["ok"] is False
+            # Ranged GETs into a chat's workspace (fetch_data) stop at the redirect too.
+            chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
+            message = {
+                "content": "look",
+                "data_source_refs": [{"data_source_id": "az", "path": "blob.csv"}],
+            }
+            posted = await client.post(f"/api/v1/chats/{chat}/messages", json=message, headers=auth)
+            assert MARKER not in posted.text
+            assert "redirect" in posted.text, posted.text
+            files = await client.get(f"/api/v1/chats/{chat}/files", headers=auth)
+            assert files.status_code == 200 and MARKER not in files.text
+            assert files.json()["items"] == []
     finally:
         stop_endpoint()
         stop_internal()
