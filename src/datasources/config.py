@@ -162,8 +162,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Folders under which users may register local-folder sources.",
     )
+    ambient_identity_accounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Azure account URLs for which API users may use the service's own "
+        "identity (use_default_credential); none: never over the HTTP API.",
+    )
 
-    @field_validator("allowed_hosts", "local_folder_roots", mode="before")
+    @field_validator(
+        "allowed_hosts", "local_folder_roots", "ambient_identity_accounts", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
@@ -204,6 +211,7 @@ class Settings(BaseSettings):
             allowed_hosts=self.allowed_hosts,
             allow_private_networks=self.allow_private_networks,
             local_folder_roots=self.local_folder_roots,
+            ambient_identity_accounts=self.ambient_identity_accounts,
         )
 
     @property

@@ -70,7 +70,10 @@ class ApiKeys:
     def __init__(self, store: Store, *, cache_seconds: float = 5.0) -> None:
         self._store = store
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        # Keyed by (key id, secret digest): an entry vouches for that exact key only, so
+        # a presented token whose secret collides with a cached one under another id, or
+        # a revoked key re-presented with a new id, is checked against the store.
+        self._cache: dict[tuple[str, str], tuple[float, Principal]] = {}
 
     async def create(
         self, name: str, *, owner: str | None = None, new_owner: bool = False
@@ -133,8 +136,8 @@ class ApiKeys:
         key_id, secret = match.groups()
         digest = _hash(secret)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        cached = self._cache.get((key_id, digest))
+        if cached is not None and cached[0] > now and cached[1].key_id == key_id:
             return cached[1]
         record = await self._store.get_api_key(key_id)
         expected = record.secret_hash if record is not None else _DUMMY_HASH
@@ -143,5 +146,5 @@ class ApiKeys:
         principal = Principal(owner=record.owner, key_id=record.id)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now + self._cache_seconds, principal)
+        self._cache[(key_id, digest)] = (now + self._cache_seconds, principal)
         return principal

@@ -6,6 +6,7 @@ records every request, so the tests see exactly what reached the model."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,69 @@ async def test_an_unreachable_model_is_a_clear_error(
         )
         parts = response.json()["reply"]["parts"]
     assert parts[-1]["type"] == "error" and parts[-1]["name"] == "unavailable"
+
+
+async def test_no_value_of_a_non_sharing_source_reaches_the_model(
+    tmp_path: Path, live_server_factory: Any, postgres_database: str
+) -> None:
+    """Values of a source without share_samples_with_llm reach the user, never the model:
+    not through SQL errors, profiles, fetch errors, stdout, tracebacks or display data."""
+    marker = "mkr" + secrets.token_hex(8)
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        await conn.execute("CREATE TABLE t (id int, name text)")
+        await conn.executemany(
+            "INSERT INTO t VALUES ($1, $2)", [(i, f"{marker}-{i}") for i in range(3)]
+        )
+    finally:
+        await conn.close()
+    load = (
+        "import glob, sys\nimport pandas as pd\nfrom IPython.display import display\n"
+        "df = pd.read_parquet(sorted(glob.glob('data/**/*.parquet', recursive=True))[0])\n"
+    )
+    model = ScriptedModel([
+        {"calls": [("run_sql", {"source": "warehouse", "sql": "SELECT name::int FROM t"}),
+                   ("run_sql", {"source": "warehouse",
+                                "sql": "SELECT 1 / 0 FROM t WHERE name > ''"}),
+                   ("profile", {"source": "warehouse",
+                                "table_or_sql": "SELECT name::int AS n FROM t"}),
+                   ("profile", {"source": "warehouse", "table_or_sql": "public.t"}),
+                   ("profile", {"source": "warehouse",
+                                "table_or_sql": "SELECT name, upper(name) AS u FROM t"}),
+                   ("fetch", {"source": "warehouse", "query": "SELECT name::date FROM t"})]},
+        {"calls": [("fetch", {"source": "warehouse", "table": "public.t"})]},
+        {"calls": [("run_python", {"code": load + "print(df.to_string())\n"
+                                               "print(df.name.tolist(), file=sys.stderr)\n"
+                                               "display(df)\n"
+                                               "df.name.iloc[0]\n"})]},
+        {"calls": [("run_python", {"code": "display({'application/vnd.datasources.table+json':"
+                                           " {'columns': list(df.columns),"
+                                           " 'rows': df.values.tolist()}}, raw=True)\n"
+                                           "raise ValueError(df)\n"})]},
+        {"calls": [("run_python", {"code": "df.set_index('name').loc['nope' + df.name[0]]"})]},
+        {"content": "Done."},
+    ])  # fmt: skip
+    server = live_server_factory(model.app)
+    async for client, auth in _app_with_model(tmp_path, model, server):
+        body = {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_database}}
+        created = await client.post("/api/v1/datasources", json=body, headers=auth)
+        assert created.status_code == 201, created.text
+        chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
+        response = await client.post(
+            f"/api/v1/chats/{chat}/messages", json={"content": "Look at t."}, headers=auth
+        )
+        assert response.status_code == 200, response.text
+        parts = response.json()["reply"]["parts"]
+    assert len(model.requests) == 6
+    everything = json.dumps(model.requests)
+    assert marker not in everything
+    # The model still learns what failed and the shape of what ran.
+    assert "22P02" in everything and "InvalidTextRepresentationError" in everything
+    assert "22012" in everything  # division by zero
+    assert "ValueError" in everything and "KeyError" in everything
+    assert '\\"columns\\": [\\"id\\", \\"name\\"]' in everything
+    # The user sees everything.
+    shown = json.dumps(parts)
+    assert f"{marker}-0" in shown
+    assert any(p["type"] == "stdout" and marker in p["text"] for p in parts)
+    assert any(p["type"] == "error" and marker in p.get("text", "") for p in parts)

@@ -6,6 +6,17 @@ is bounded in steps and tokens.
 
 What reaches the model: schemas and column profiles by default; raw rows (query results,
 previews, code output) only from sources whose config sets ``share_samples_with_llm``.
+For a source that does not share, every path a value could travel is narrowed to what
+cannot carry one, by construction rather than by scrubbing text:
+
+- tool errors carry the error's code, the driver's error class and SQLSTATE, never a
+  message (a server message can quote a value: ``invalid input syntax for type integer:
+  "…"``);
+- profiles pass an allow-list of fields (names, types, null fractions, distinct counts);
+- once any non-sharing source has data in the chat's workspace, what ``run_python``
+  returns to the model is status, part types, sizes, table shapes and column names, and
+  error class names: no stdout, no results, no tracebacks. The user still sees all of it.
+
 Everything that comes from data — column names, cell values, blob names and metadata —
 is wrapped in ``<data>`` tags and the system prompt says that what is inside is data,
 never instructions.
@@ -19,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasources.chat.llm import LLMProvider, ToolCall
 from datasources.chat.refs import DataRef
-from datasources.errors import DataSourceError, InvalidInputError
+from datasources.errors import DataSourceError, InvalidInputError, NotFoundError
 from datasources.sandbox.session import Part
 
 if TYPE_CHECKING:
@@ -67,6 +78,69 @@ TOOLS: list[dict[str, Any]] = [
     _tool("run_python", "Run Python in the chat's session (state persists).",
           {"code": _S}, ["code"]),
 ]  # fmt: skip
+
+
+_PROFILE_FIELDS = frozenset({"subject", "method", "estimated_rows", "sampled_rows"})
+_COLUMN_FIELDS = frozenset({"name", "type", "null_fraction", "distinct_estimate"})
+_WITHHELD = "withheld: this source does not share rows with the model"
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The driver's own exception behind ``exc`` (kept as its cause or context)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current is not exc and not isinstance(current, DataSourceError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def error_for_model(exc: BaseException, *, private: bool) -> str:
+    """A tool error as the model sees it; for a private source, its class only.
+
+    A non-sharing source's errors keep what describes the failure (our code, the
+    driver's error class, the SQLSTATE) and drop every message: server messages can quote
+    the values they choke on.
+    """
+    if not private:
+        if isinstance(exc, DataSourceError):
+            return json.dumps({"error": exc.code, "message": exc.message})
+        return json.dumps({"error": "bad_arguments", "message": str(exc)[:300]})
+    out: dict[str, Any] = {
+        "error": exc.code if isinstance(exc, DataSourceError) else "bad_arguments",
+        "error_class": type(exc).__name__,
+    }
+    driver = _driver_error(exc)
+    if driver is not None:
+        out["error_class"] = type(driver).__name__
+        sqlstate = getattr(driver, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.isalnum() and len(sqlstate) == 5:
+            out["sqlstate"] = sqlstate
+    out["message"] = "withheld: this source does not share its data (or error text) with you"
+    return json.dumps(out)
+
+
+def _reduced_part(part: Part) -> dict[str, Any]:
+    """What the model may know of an output part built from non-sharing data."""
+    entry: dict[str, Any] = {"type": part.type}
+    if part.path:
+        entry["path"] = part.path
+    if part.type == "error":
+        entry["error_class"] = (part.name or "Error")[:100]
+    elif part.type == "table" and isinstance(part.data, dict):
+        columns = part.data.get("columns")
+        if isinstance(columns, list):
+            names = [c.get("name") if isinstance(c, dict) else c for c in columns[:200]]
+            entry["columns"] = [str(n)[:100] for n in names]
+        rows = part.data.get("rows")
+        if isinstance(rows, list):
+            rows = len(rows)
+        entry["rows"] = rows if isinstance(rows, int) else None
+    elif part.text is not None:
+        entry["chars"] = len(part.text)
+    return entry
 
 
 def as_data(source: str, value: Any) -> str:
@@ -139,10 +213,14 @@ async def run_assistant(
             result = await connector.profile(str(args["table_or_sql"]))
         data = result.model_dump(mode="json")
         if not await shares(source):
-            for column in data.get("columns", []):
-                column.pop("top_values", None)
-                column.pop("min", None)
-                column.pop("max", None)
+            # An allow-list: a field added to profiles later stays out until judged safe.
+            data = {k: v for k, v in data.items() if k in _PROFILE_FIELDS} | {
+                "columns": [
+                    {k: v for k, v in column.items() if k in _COLUMN_FIELDS}
+                    for column in data.get("columns", [])
+                ],
+                "values": _WITHHELD,
+            }
         return as_data(source, data)
 
     async def run_sql(args: dict[str, Any]) -> str:
@@ -157,7 +235,7 @@ async def run_assistant(
                                     "truncated": result.truncated})  # fmt: skip
         return as_data(source, {
             "columns": columns, "row_count": result.row_count, "truncated": result.truncated,
-            "rows": "withheld: this source does not share rows with the model",
+            "rows": _WITHHELD,
         })  # fmt: skip
 
     async def fetch(args: dict[str, Any]) -> str:
@@ -169,11 +247,26 @@ async def run_assistant(
             files += [f["path"] for f in event.data.get("files", [])]
         return as_data("workspace", {"fetched": files})
 
+    async def workspace_private() -> bool:
+        """Whether code in this chat may have read a non-sharing source's data."""
+        for source_id in await service.workspace_sources(chat_id):
+            try:
+                if not await shares(source_id):
+                    return True
+            except NotFoundError:
+                return True  # removed since: its data is still here, its setting is not
+        return False
+
     async def run_python(args: dict[str, Any]) -> str:
         result = await service.run_code(chat_id, str(args["code"]))
         collected.extend(result.parts)
-        fetched_sources = await service.workspace_sources(chat_id)
-        allowed = all([await shares(s) for s in fetched_sources]) if fetched_sources else True
+        if await workspace_private():
+            return as_data("sandbox", {
+                "ok": result.ok, "timed_out": result.timed_out,
+                "parts": [_reduced_part(part) for part in result.parts],
+                "note": "output shown to the user, reduced for you to its shape: data of a "
+                        "source that does not share rows with the model is in this chat",
+            })  # fmt: skip
         summary: list[dict[str, Any]] = []
         for part in result.parts:
             entry: dict[str, Any] = {"type": part.type}
@@ -181,13 +274,27 @@ async def run_assistant(
                 entry["path"] = part.path
             if part.type == "error":
                 entry["text"] = (part.text or "")[-2000:]
-            elif allowed and (part.text or part.data is not None):
+            elif part.text or part.data is not None:
                 entry["text"] = (part.text or json.dumps(part.data, default=str))[:4000]
             summary.append(entry)
-        if not allowed:
-            summary.append({"note": "output shown to the user, withheld from you: a source "
-                                    "of this chat does not share rows with the model"})  # fmt: skip
         return as_data("sandbox", {"ok": result.ok, "parts": summary})
+
+    async def private_call(call: ToolCall) -> bool:
+        """Whether an error of ``call`` may carry a non-sharing source's values."""
+        if call.name == "run_python":
+            try:
+                return await workspace_private()
+            except Exception:  # cannot tell: assume the worst
+                return True
+        source = call.arguments.get("source")
+        if source is None:
+            return False
+        try:
+            return not await shares(str(source))
+        except NotFoundError:
+            return False  # no such source: no data of it anywhere
+        except Exception:  # cannot tell: assume the worst
+            return True
 
     handlers: dict[str, Callable[[dict[str, Any]], Awaitable[str]]] = {
         "list_data_sources": list_sources,
@@ -222,10 +329,8 @@ async def run_assistant(
                 if handler is None:
                     raise InvalidInputError(f"There is no tool named {call.name!r}.")
                 result = await handler(call.arguments)
-            except DataSourceError as exc:
-                result = json.dumps({"error": exc.code, "message": exc.message})
-            except (KeyError, TypeError, ValueError) as exc:
-                result = json.dumps({"error": "bad_arguments", "message": str(exc)[:300]})
+            except (DataSourceError, KeyError, TypeError, ValueError) as exc:
+                result = error_for_model(exc, private=await private_call(call))
             for part in collected:
                 kind = "error" if part.type == "error" else (
                     "display" if part.type in ("image", "table") else "output")  # fmt: skip

@@ -37,6 +37,7 @@ from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
     ItemStream,
+    ListingQuery,
     ProgressCallback,
     check_page_limit,
     decode_cursor,
@@ -427,6 +428,29 @@ _PERMISSION_CODES = {
 # signature with it, so it reads as "credentials rejected".
 
 
+_REDIRECT_STATUS = frozenset({300, 301, 302, 303, 307, 308})
+
+
+def _redirect_refused(what: str) -> PermissionDeniedError:
+    return PermissionDeniedError(
+        f"The storage endpoint answered the {what} with a redirect; data sources never "
+        "follow redirects (the target would escape the outbound-target policy).",
+        details={"reason": "redirect"},
+    )
+
+
+def _no_redirects_trace() -> Any:
+    """A session-wide backstop: any request that is about to follow a redirect fails."""
+    import aiohttp
+
+    async def refuse(_session: Any, _context: Any, params: Any) -> None:
+        raise _redirect_refused(f"request ({params.response.status})")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(refuse)
+    return trace
+
+
 def _short_retry_policy() -> Any:
     """Short exponential backoff: a chat cannot wait the SDK's 15 s first retry."""
     from azure.storage.blob.aio import ExponentialRetry
@@ -477,7 +501,12 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
     @classmethod
     async def check_targets(cls, config: ConnectorConfig, policy: OutboundPolicy) -> None:
         assert isinstance(config, AzureBlobConfig)
-        endpoint = urlsplit(_resolve_target(config).account_url)
+        target = _resolve_target(config)
+        if target.mode == "default_credential":
+            # The service's own identity (managed/workload identity, CLI login) would sign
+            # requests to whatever account_url a user names: the operator's choice only.
+            policy.check_ambient_identity(target.account_url)
+        endpoint = urlsplit(target.account_url)
         await policy.resolve(endpoint.hostname or "", endpoint.port or 443)
 
     @classmethod
@@ -514,10 +543,12 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         self._sas_info = self._sas_of(config)
         resolver = None
         if self.outbound is not None:
-            # IP literals never reach a resolver: check the endpoint here; host names are
-            # checked by the resolver, answer by answer, right before aiohttp connects.
-            endpoint = urlsplit(target.account_url)
-            await self.outbound.resolve(endpoint.hostname or "", endpoint.port or 443)
+            # Checked again at every connect: a source stored before the operator changed
+            # the policy is held to the policy of today.
+            await self.check_targets(config, self.outbound)
+            # IP literals never reach a resolver: check_targets checked the endpoint; host
+            # names are checked by the resolver, answer by answer, right before aiohttp
+            # connects.
             resolver = policy_resolver(self.outbound)
         connector = aiohttp.TCPConnector(
             limit=max(config.max_concurrency * 2, 16), ttl_dns_cache=300, resolver=resolver
@@ -525,11 +556,19 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         # A 64 KiB read buffer (the default) pauses the socket every 128 KiB; big transfers
         # stream faster with room for a MiB per connection (memory stays bounded).
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, read_bufsize=1024 * 1024
+            connector=connector,
+            auto_decompress=False,
+            read_bufsize=1024 * 1024,
+            trace_configs=[_no_redirects_trace()],
         )
         transport = AioHttpTransport(session=self._session, session_owner=False)
         common: dict[str, Any] = {
             "transport": transport,
+            # azure-core's RedirectPolicy follows 301/302 (GET, HEAD) and 307/308 by
+            # default and re-sends to wherever Location points: an allowed endpoint could
+            # hand the request to an internal one. The storage pipeline builds the policy
+            # from these keyword arguments (a redirect_policy= object would be ignored).
+            "permit_redirects": False,
             "retry_policy": _short_retry_policy(),
             "connection_timeout": min(config.timeout, 20.0),
             "read_timeout": config.timeout,
@@ -619,6 +658,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
             )
             if status in (401, 403):
                 raise self._refused(getattr(exc, "error_code", None), what, subject) from None
+            if status in _REDIRECT_STATUS:
+                raise _redirect_refused(what) from None
             if status in _RETRYABLE_STATUS:
                 raise UnavailableError(
                     f"Azure Storage is unavailable ({what}); try again."
@@ -781,7 +822,9 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         for attempt in range(_RANGE_RETRIES + 1):
             try:
                 timeout = aiohttp.ClientTimeout(total=self.config.timeout)
-                async with self._session.get(url, headers=headers, timeout=timeout) as response:
+                async with self._session.get(
+                    url, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
                     body: bytes = await response.read()
                     status = response.status
                 if status in _RETRYABLE_STATUS:
@@ -801,6 +844,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         raise AssertionError("unreachable")
 
     def _listing_error(self, status: int, body: bytes) -> DataSourceError:
+        if status in _REDIRECT_STATUS:
+            return _redirect_refused("listing")
         code = _error_code(body)
         if status in (401, 403):
             return self._refused(code, "listing", "the container")
@@ -823,9 +868,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         # Markers are opaque, so a resume point (start_after) is skipped to locally.
         pages = self._list_pages(query.prefix, delimiter, None, self.list_page_size)
         async for items, _next in pages:
-            for item in items:
-                if (start_after is None or item.path > start_after) and query.accepts(item):
-                    yield item
+            for item in await _kept(items, query, start_after):
+                yield item
 
     async def list_page(
         self,
@@ -843,7 +887,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         if query.empty:
             return Page(items=[])
         async for page, following in self._list_pages(query.prefix, delimiter, token, limit):
-            items = [item for item in page if query.accepts(item)]
+            items = await _kept(page, query, None)
             return Page(items=items, next_cursor=encode_cursor(following) if following else None)
         return Page(items=[])
 
@@ -916,6 +960,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
                     url,
                     headers={**headers, "x-ms-range": f"bytes={start}-{end - 1}"},
                     timeout=timeout,
+                    allow_redirects=False,
                 ) as response:
                     if response.status == 412:
                         raise _Changed()
@@ -959,6 +1004,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
             )
         if status == 412:
             raise IntegrityError("The blob changed while it was being read; try again.")
+        if status in _REDIRECT_STATUS:
+            raise _redirect_refused("download")
         if status not in (200, 206):
             raise UnavailableError(f"Azure Storage refused the download (HTTP {status}).")
 
@@ -979,19 +1026,33 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
             sock_connect=min(self.config.timeout, 20.0), sock_read=self.config.timeout
         )
 
+        unreachable = UnavailableError(
+            f"Azure Storage stopped answering while streaming from source {self.source_id!r}."
+        )
+        # The GET is sent and its status judged here, so a refusal (a redirect, a vanished
+        # blob) is an error of this call, before a caller has started sending anything on.
+        try:
+            response = await self._session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            )
+        except (aiohttp.ClientError, OSError, builtins.TimeoutError):
+            raise unreachable from None
+        try:
+            self._check_download(response.status)
+        except BaseException:
+            response.release()
+            raise
+
         async def chunks() -> AsyncIterator[bytes]:
             sent = 0
             try:
-                async with self._session.get(url, headers=headers, timeout=timeout) as response:
-                    self._check_download(response.status)
-                    async for piece in response.content.iter_chunked(_READ_PIECE):
-                        sent += len(piece)
-                        yield piece
+                async for piece in response.content.iter_chunked(_READ_PIECE):
+                    sent += len(piece)
+                    yield piece
             except (aiohttp.ClientError, OSError, builtins.TimeoutError):
-                raise UnavailableError(
-                    f"Azure Storage stopped answering while streaming from source "
-                    f"{self.source_id!r}."
-                ) from None
+                raise unreachable from None
+            finally:
+                response.release()
             if item.size is not None and sent != item.size:
                 raise IntegrityError("Azure Storage sent a different size than it announced.")
 
@@ -1112,6 +1173,23 @@ _MONTHS = {
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
     )
 }
+
+
+async def _kept(
+    items: list[DataItem], query: ListingQuery, start_after: str | None
+) -> list[DataItem]:
+    """The items of a page a listing keeps; glob matching (CPU) runs off the event loop."""
+
+    def keep() -> list[DataItem]:
+        return [
+            item
+            for item in items
+            if (start_after is None or item.path > start_after) and query.accepts(item)
+        ]
+
+    if query.matcher is None:
+        return keep()
+    return await asyncio.to_thread(keep)
 
 
 def _http_date(value: str | None) -> datetime | None:

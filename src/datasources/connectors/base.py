@@ -17,11 +17,9 @@ import binascii
 import builtins
 import contextlib
 import json
-import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
@@ -35,6 +33,7 @@ from datasources.errors import (
     ReadOnlyError,
     UnsafePathError,
 )
+from datasources.globs import GlobMatcher, compile_glob, glob_prefix
 from datasources.models import (
     ConnectionStatus,
     DataItem,
@@ -96,54 +95,13 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
     ]
 
 
-@lru_cache(maxsize=256)
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile a path glob: ``*`` and ``?`` stay within a segment, ``**`` crosses them."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
-
-
-def glob_prefix(pattern: str) -> str:
-    """The literal part of a glob before its first wildcard (a listing prefix)."""
-    match = re.search(r"[*?\[]", pattern)
-    return pattern if match is None else pattern[: match.start()]
-
-
 @dataclass(frozen=True)
 class ListingQuery:
     """A checked listing request: the prefix to ask the source for, and what to keep."""
 
     prefix: str
     delimiter: str | None
-    matcher: re.Pattern[str] | None
+    matcher: GlobMatcher | None
     empty: bool
     """The glob and the prefix can never both match: list nothing."""
 
@@ -151,7 +109,7 @@ class ListingQuery:
         """With a glob, only files whose whole path matches it."""
         if self.matcher is None:
             return True
-        return item.kind == ItemKind.FILE and self.matcher.match(item.path) is not None
+        return item.kind == ItemKind.FILE and self.matcher.match(item.path)
 
 
 def listing_query(prefix: str | None, delimiter: str | None, glob: str | None) -> ListingQuery:
