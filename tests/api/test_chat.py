@@ -124,6 +124,31 @@ async def test_a_blob_and_a_table_joined_in_one_message(
     table_part = sql["reply"]["parts"][0]
     assert table_part["type"] == "table" and table_part["data"]["rows"] == [[3]]
 
+    # /sql with a table mention: the query runs in the database and only its result
+    # lands in the workspace (no copy of the table).
+    fresh = await _chat(api)
+    asked = await _say(
+        api, fresh, "/sql SELECT manager FROM @warehouse:public.regions WHERE target > 3 ORDER BY 1"
+    )
+    part = asked["reply"]["parts"][0]
+    assert part["type"] == "table", asked["reply"]["parts"]
+    assert part["data"]["rows"] == [["Ana"], ["Bo"]] and part["data"]["row_count"] == 2
+    listed = (await api.request("GET", f"{CHATS}/{fresh}/files")).json()["items"]
+    assert [f["path"].rsplit("/", 1)[0] for f in listed] == ["data/warehouse/queries"]
+    assert listed[0]["kind"] == "query"
+    for bad, code in (
+        ("/sql SELECT 1 FROM @lake:sales/2026.csv", "invalid_input"),
+        ("/sql DELETE FROM @warehouse:public.regions", "read_only_violation"),
+        ("/sql SELECT 1", "invalid_input"),
+    ):
+        refused = await api.request("POST", f"{CHATS}/{fresh}/messages", json={"content": bad})
+        assert refused.status_code == 400 and refused.json()["code"] == code, refused.text
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM regions") == 3
+    finally:
+        await conn.close()
+
 
 async def test_briefs_state_images_and_files(chat_api: Api) -> None:
     api = chat_api

@@ -185,6 +185,52 @@ class ChatService:
                 resolved.append((ref, source))
         return resolved
 
+    async def _sql_ref(self, owner: str, content: str, refs: Sequence[DataRef]) -> DataRef:
+        """A ``/sql`` message as one query reference on its database.
+
+        ``@source:schema.table`` mentions in the statement name tables of that database:
+        each becomes the quoted identifier, so the statement the guard and the server see
+        is plain SQL. The database is the one the mentions (or a reference without a
+        path, table or query of its own) name; only one per message.
+        """
+        registry = self.registry.scoped(owner)
+        sql = content.lstrip()[4:].strip()
+        databases: set[str] = set()
+        for ref in refs:
+            databases.add(ref.data_source_id)
+        for mention in parse_mentions(sql):
+            try:
+                source = await registry.get_data_source(mention.source)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"Reference @{mention.source}:{mention.target} names no data source of yours.",
+                    details={"ref": f"@{mention.source}:{mention.target}"[:200]},
+                ) from None
+            parts = mention.target.split(".")
+            if source.type != "postgresql" or len(parts) != 2 or not all(parts):
+                raise InvalidInputError(
+                    f"In /sql, @{mention.source}:{mention.target} must name a table "
+                    "'schema.table' of a database source."
+                )
+            databases.add(source.id)
+            quoted = ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+            sql = re.sub(
+                r"(?<![\w@])@" + re.escape(mention.source) + ":" + re.escape(mention.target),
+                lambda _m, q=quoted: q,  # type: ignore[misc]
+                sql,
+            )
+        if not sql:
+            raise InvalidInputError("/sql needs a statement after it.")
+        if not databases:
+            raise InvalidInputError(
+                "/sql needs a database: mention a table as @source:schema.table or add a "
+                "reference to a database source."
+            )
+        ids = {(await registry.get_data_source(d)).id for d in databases}
+        if len(ids) != 1:
+            raise InvalidInputError("/sql runs on one database; this message names several.")
+        return DataRef(data_source_id=ids.pop(), query=sql)
+
     async def _mention_ref(self, registry: DataSourceRegistry, name: str, target: str) -> DataRef:
         try:
             source = await registry.get_data_source(name)
@@ -420,7 +466,12 @@ class ChatService:
     ) -> AsyncIterator[Event]:
         """Handle one user message; the reply's events, ending with ``done`` (or ``error``)."""
         chat = await self.get_chat(owner, chat_id)
-        resolved = await self.resolve_refs(owner, content, refs)
+        if content.lstrip().startswith("/sql"):
+            # The query runs in the database; only its result lands in the workspace.
+            query = await self._sql_ref(owner, content, refs)
+            resolved = await self.resolve_refs(owner, "", [query])
+        else:
+            resolved = await self.resolve_refs(owner, content, refs)
         user = StoredMessage(
             id=_message_id(),
             chat_id=chat.id,
@@ -491,22 +542,11 @@ class ChatService:
                 async for pair in self._run(chat_id, code):
                     yield pair
         elif stripped.startswith("/sql"):
-            sql = stripped[4:].strip()
-            database = next((s for r, s in refs if s.type == "postgresql"), None)
-            if database is None:
-                raise InvalidInputError("/sql needs a reference to a database source.")
-            if not sql:
-                raise InvalidInputError("/sql needs a statement after it.")
-            async with self.registry.scoped(owner).get_connector(database.id) as connector:
-                result = await connector.execute_query(  # type: ignore[attr-defined]
-                    sql, max_rows=_TABLE_ROWS
-                )
-            table = {
-                "columns": [c.name for c in result.columns],
-                "types": [c.type for c in result.columns],
-                "rows": result.rows,
-                "truncated": result.truncated,
-            }
+            if not fetched:
+                raise InvalidInputError("/sql produced no result file.")
+            table = await asyncio.to_thread(
+                _parquet_preview, self.workspace_dir(chat_id), fetched[0], _TABLE_ROWS
+            )
             yield (
                 Event(event="display", data={"type": "table", "data": table}),
                 [Part(type="table", data=table)],
@@ -726,3 +766,35 @@ for _p in __PATHS__:
     except Exception as _e:
         print(f"{_p}: could not be read ({type(_e).__name__}: {_e})")
 """
+
+
+def _parquet_preview(directory: Path, relative: str, rows: int) -> dict[str, Any]:
+    """The first ``rows`` rows of a workspace Parquet file as a table part (bounded memory)."""
+    import pyarrow.parquet as pq
+
+    anchor = safefs.open_anchor(directory)
+    try:
+        opened = safefs.open_file(anchor, relative)
+    finally:
+        os.close(anchor)
+    with opened, os.fdopen(os.dup(opened.fd), "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        batch = next(parquet.iter_batches(batch_size=rows), None)
+        schema = parquet.schema_arrow
+        total = parquet.metadata.num_rows
+    shown = batch.to_pylist() if batch is not None else []
+    names = schema.names
+    return {
+        "columns": names,
+        "types": [str(field.type) for field in schema],
+        "rows": [[_jsonable(row[name]) for name in names] for row in shown],
+        "row_count": total,
+        "truncated": total > len(shown),
+        "path": relative,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
