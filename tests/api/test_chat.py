@@ -207,6 +207,8 @@ async def test_events_stream_as_server_sent_events(chat_api: Api) -> None:
 
 async def test_bad_references_are_refused_before_anything_is_fetched(chat_api: Api) -> None:
     api = chat_api
+    (api.folder / "dir").mkdir()
+    (api.folder / "dir" / "in.csv").write_bytes(b"a\n1\n")
     await api.add_folder_source("files")
     chat = await _chat(api)
     bob_source = await api.add_folder_source("bobs", api.bob)
@@ -218,6 +220,8 @@ async def test_bad_references_are_refused_before_anything_is_fetched(chat_api: A
         ("x", [{"data_source_id": "files", "path": "a", "prefix": "b/"}], 422),
         ("x", [{"data_source_id": "files", "query": "SELECT 1"}], 400),
         ("x", [{"data_source_id": "files", "path": "/etc/passwd"}], 400),
+        ("see @files:local.csv and @files:missing.csv", [], 404),  # local.csv not fetched either
+        ("see @files:dir", [], 400),  # a folder named like a file
     ]
     for content, refs, status in cases:
         body = {"content": content, "data_source_refs": refs}

@@ -183,7 +183,33 @@ class ChatService:
             self._check_ref(ref, source.type)
             if all(r != ref for r, _ in resolved):
                 resolved.append((ref, source))
+        for ref, source in resolved:
+            if ref.kind in ("path", "table"):
+                await self._check_exists(registry, ref, source.id)
         return resolved
+
+    @staticmethod
+    async def _check_exists(registry: DataSourceRegistry, ref: DataRef, source_id: str) -> None:
+        """A file or table reference names something that exists: a 404 before any fetch."""
+        folder = False
+        async with registry.get_connector(source_id) as connector:
+            try:
+                item = await connector.get_metadata(ref.target)
+            except NotFoundError:
+                folder = ref.kind == "path" and bool(
+                    (await connector.list_page(ref.target.rstrip("/") + "/", limit=1)).items
+                )
+                if not folder:
+                    raise NotFoundError(
+                        f"Reference {ref.label()} names nothing that exists in the source.",
+                        details={"ref": ref.label()[:200]},
+                    ) from None
+        if folder or str(item.kind) == "directory":
+            raise InvalidInputError(
+                f"Reference {ref.label()} is a folder: reference it as "
+                f"@{ref.data_source_id}:{ref.target.rstrip('/')}/ to fetch what it holds.",
+                details={"ref": ref.label()[:200]},
+            )
 
     async def _sql_ref(self, owner: str, content: str, refs: Sequence[DataRef]) -> DataRef:
         """A ``/sql`` message as one query reference on its database.
