@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Folders under which users may register local-folder sources.",
     )
+    allow_privileged_database_roles: bool = Field(
+        default=False,
+        description="Let database sources use privileged roles (superuser, server files, "
+        "programs, signals). Off: such sources are refused on every connection.",
+    )
 
     @field_validator("allowed_hosts", "local_folder_roots", mode="before")
     @classmethod

@@ -224,6 +224,9 @@ class BaseConnector(ABC, Generic[ConfigT]):
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     target_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that say *where* to connect: changing one invalidates a masked secret."""
+    allow_privileged_role: bool = False
+    """Operator opt-in (never from a source's config): credentials with more than read
+    rights may be used. Connectors that can tell (PostgreSQL) refuse them otherwise."""
 
     def __init__(
         self,

@@ -1,14 +1,22 @@
 """PostgreSQL: read-only in depth.
 
-Every query passes four independent layers, each tested with the others switched off:
+Every query passes independent layers, each tested alone with the others switched off:
 
-1. :func:`datasources.sql_guard.check_read_only` — a parser check (``parser_check``);
-2. the extended protocol (a prepared statement), so a second statement never rides along;
-3. a ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout`` and
+1. the statement, read by PostgreSQL's own parser (:func:`datasources.sql_guard.analyse`,
+   ``parser_check``): one plain read, nothing that writes or locks;
+2. the catalog (:class:`datasources.sql_guard.Catalog`, ``catalog_check``): every
+   function, operator and cast by allow-list from this server's ``pg_proc``, and every
+   relation inside the source's ``schemas``; the facts are loaded once per connector;
+3. the extended protocol (a prepared statement), so a second statement never rides along;
+4. a ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout`` and
    ``idle_in_transaction_session_timeout``, on connections opened with
-   ``default_transaction_read_only=on``; the transaction is always rolled back;
-4. the role: ``test_connection`` warns when it can write (superuser, server-file roles,
-   INSERT/UPDATE/DELETE on visible tables).
+   ``default_transaction_read_only=on``; the transaction is always rolled back
+   (``transaction_check``);
+5. the role (``privilege_check``): every new server connection is refused when its role is
+   a superuser, can read or write server files, run programs or signal other sessions
+   (or holds such functions by grant), unless the operator opts in
+   (``allow_privileged_role``, from ``DATASOURCES_ALLOW_PRIVILEGED_DATABASE_ROLES``);
+   ``test_connection`` reports it and warns when the role can write tables.
 
 Only an allow-list of connection parameters is accepted: ``passfile``, ``service``,
 ``options``, ``sslkeylogfile`` and anything else that reads local files or changes
@@ -26,7 +34,6 @@ import decimal
 import functools
 import hashlib
 import ipaddress
-import itertools
 import logging
 import re
 import time
@@ -81,7 +88,18 @@ from datasources.query_models import (
     TableProfile,
     ValueCount,
 )
-from datasources.sql_guard import ReadOnlyViolation, check_read_only
+from datasources.sql_guard import (
+    CASTS_SQL,
+    CATALOG_SQL,
+    OPERATORS_SQL,
+    RELATIONS_SQL,
+    SEARCH_PATH_SQL,
+    Catalog,
+    ReadOnlyViolation,
+    Statement,
+    analyse,
+    parameter_spans,
+)
 from datasources.workspace import AsyncAtomicWriter, Workspace
 
 __all__ = ["PostgreSQLConfig", "PostgreSQLConnector", "QueryColumn", "QueryResult", "parse_dsn"]
@@ -372,31 +390,23 @@ def _export_format(value: str) -> str:
 def _inline_parameters(sql: str, literals: Sequence[str]) -> str:
     """Put server-quoted literals in place of the ``$n`` tokens of ``sql``.
 
-    The tokenizer tells parameters from look-alikes inside strings, dollar quotes and
-    comments, which a regular expression cannot.
+    The server's own scanner tells parameters from look-alikes inside strings, dollar
+    quotes and comments, which a regular expression cannot.
     """
-    from sqlglot.dialects.postgres import Postgres
-    from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
-
-    try:
-        tokens = Postgres().tokenize(sql)
-    except Exception as exc:
-        raise InvalidInputError(f"The statement could not be tokenized: {exc}") from None
-    spans: list[tuple[int, int, str]] = []
-    for current, following in itertools.pairwise(tokens):
-        if (
-            current.token_type == TokenType.PARAMETER
-            and following.token_type == TokenType.NUMBER
-            and following.start == current.end + 1
-            and following.text.isdigit()
-        ):
-            index = int(following.text) - 1
-            if not 0 <= index < len(literals):
-                raise InvalidInputError(f"No value for parameter ${following.text}.")
-            spans.append((current.start, following.end + 1, literals[index]))
-    for start, end, literal in reversed(spans):
-        sql = f"{sql[:start]}{literal}{sql[end:]}"
+    spans = parameter_spans(sql)
+    for _start, _end, number in spans:
+        if not 1 <= number <= len(literals):
+            raise InvalidInputError(f"No value for parameter ${number}.")
+    for start, end, number in reversed(spans):
+        sql = f"{sql[:start]}{literals[number - 1]}{sql[end:]}"
     return sql
+
+
+class PrivilegedRole(PermissionDeniedError):
+    """The source's role can do more than read; the operator has not allowed that."""
+
+    code = "privileged_role"
+    default_message = "The database role of this source is privileged."
 
 
 _TABLE_KINDS = {
@@ -416,15 +426,34 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     secret_fields = frozenset({"password", "dsn"})
     target_fields = frozenset({"host", "port", "database", "user"})
     parser_check: bool = True
-    """Layer 1. Tests switch it off to prove the server layers hold alone."""
+    """Layer 1, the statement. Tests switch layers off to prove each holds alone."""
+    catalog_check: bool = True
+    """Layer 2, functions and schemas by the server's catalog."""
+    transaction_check: bool = True
+    """Layer 4, the read-only transaction and session default."""
+    privilege_check: bool = True
+    """Layer 5, refusing privileged roles (unless ``allow_privileged_role``)."""
+    catalog_ttl: ClassVar[float] = 300.0
+    """Seconds catalog facts are reused; an unknown name reloads them sooner."""
 
     schema_ttl: ClassVar[float] = 300.0
     """Seconds a schema inspection is reused before ``get_schema`` runs it again."""
 
-    def __init__(self, config: PostgreSQLConfig | dict[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: PostgreSQLConfig | dict[str, Any],
+        *,
+        allow_privileged_role: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(config, **kwargs)
+        if allow_privileged_role:
+            self.allow_privileged_role = True
         self._pool: Any = None
         self._schema_cache: dict[tuple[str, ...] | None, SchemaInfo] = {}
+        self._catalog: Catalog | None = None
+        self._catalog_at = 0.0
+        self._catalog_lock = asyncio.Lock()
         self._releasing: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -460,7 +489,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             "password": params.get("password"),
             "timeout": float(params.get("connect_timeout", self.config.connect_timeout)),
             "server_settings": {
-                "default_transaction_read_only": "on",
+                "default_transaction_read_only": "on" if self.transaction_check else "off",
                 "application_name": params.get("application_name", self.config.application_name),
             },
             "min_size": self.config.pool_min_size,
@@ -468,6 +497,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             # _end() rolls back and resets the session in one round trip; asyncpg's own
             # reset would add a second one on every release.
             "reset": _session_already_reset,
+            "init": self._init_connection,
         }
         if params.get("sslmode"):
             kwargs["ssl"] = self._ssl(params["sslmode"], params.get("sslrootcert"))
@@ -476,6 +506,19 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         with self._errors("connecting"):
             self._pool = await asyncpg.create_pool(**kwargs)
         self._connected = True
+
+    async def _init_connection(self, conn: Any) -> None:
+        """Every new server connection: the privilege layer, before anything else runs."""
+        if not self.privilege_check or self.allow_privileged_role:
+            return
+        role = await conn.fetchrow(_ROLE_SQL)
+        reasons = _privileges(role)
+        if reasons:
+            raise PrivilegedRole(
+                f"The role {role['rolname']!r} of source {self.source_id!r} "
+                f"{'; '.join(reasons)}: use a least-privilege role (the operator can allow "
+                "privileged roles with DATASOURCES_ALLOW_PRIVILEGED_DATABASE_ROLES=true)."
+            )
 
     @staticmethod
     def _ssl(mode: str, rootcert: str | None) -> Any:
@@ -570,8 +613,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         timeout: float | None = None,
     ) -> QueryResult:
         """Run one read-only statement through every layer; at most ``max_rows`` rows."""
-        if self.parser_check:
-            check_read_only(sql)
+        await self._guard(sql)
         limit = max_rows or self.config.max_rows
         if not 1 <= limit <= 10_000_000:
             raise InvalidInputError("max_rows must be between 1 and 10,000,000.")
@@ -598,6 +640,53 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             truncated=truncated,
             elapsed_ms=(time.perf_counter() - start) * 1000,
         )
+
+    async def _guard(self, sql: str) -> None:
+        """Layers 1 and 2: the statement, then its functions and relations by the catalog."""
+        if not (self.parser_check or self.catalog_check):
+            return
+        statement = analyse(sql)  # unparseable text is refused by either layer
+        if self.parser_check and statement.problem is not None:
+            raise ReadOnlyViolation(statement.problem)
+        if self.catalog_check:
+            catalog = await self._catalog_for(statement)
+            catalog.check(statement, self.config.schemas)
+
+    async def _catalog_for(self, statement: Statement) -> Catalog:
+        """This server's catalog facts, loaded once and again when stale or missing a name.
+
+        An unknown name reloads at most once a second, so a stream of made-up names costs
+        no more than that; a name still unknown after the reload is refused.
+        """
+        now = time.monotonic()
+        catalog = self._catalog
+        if (
+            catalog is not None
+            and now - self._catalog_at < self.catalog_ttl
+            and (catalog.knows(statement) or now - self._catalog_at < 1.0)
+        ):
+            return catalog
+        async with self._catalog_lock:
+            if self._catalog is not catalog and self._catalog is not None:
+                return self._catalog
+            with self._errors("catalog lookup"):
+                async with self._require_pool().acquire(
+                    timeout=self.config.connect_timeout
+                ) as conn:
+                    await self._begin(conn, self.config.statement_timeout)
+                    try:
+                        functions = await conn.fetch(CATALOG_SQL)
+                        operators = await conn.fetch(OPERATORS_SQL)
+                        casts = await conn.fetch(CASTS_SQL)
+                        relations = await conn.fetch(RELATIONS_SQL)
+                        search_path = await conn.fetchval(SEARCH_PATH_SQL)
+                    finally:
+                        await self._end(conn)
+            self._catalog = Catalog.from_rows(
+                functions, operators, casts, relations, list(search_path)
+            )
+            self._catalog_at = time.monotonic()
+            return self._catalog
 
     async def _run(
         self, sql: str, params: Sequence[Any] | None, limit: int, seconds: float
@@ -626,14 +715,17 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         await self._end(conn)
         await pool.release(conn)
 
-    @staticmethod
-    async def _begin(conn: Any, seconds: float, *, snapshot: bool = False, extra: str = "") -> None:
+    async def _begin(
+        self, conn: Any, seconds: float, *, snapshot: bool = False, extra: str = ""
+    ) -> None:
         """Open the read-only transaction and set its limits, in one round trip."""
         ms = max(int(seconds * 1000), 1)
-        isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
+        isolation = "ISOLATION LEVEL REPEATABLE READ" if snapshot else ""
+        mode = "READ ONLY" if self.transaction_check else "READ WRITE"
+        modes = ", ".join(m for m in (isolation, mode) if m)
         # Our own constant text: the user's SQL only ever goes through prepare().
         await conn.execute(
-            f"BEGIN TRANSACTION {isolation}READ ONLY; "
+            f"BEGIN TRANSACTION {modes}; "
             f"SET LOCAL statement_timeout = {ms}; "
             f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
             + (f"; {extra}" if extra else "")
@@ -667,19 +759,23 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                     version = await conn.fetchval("SHOW server_version")
                     role = await conn.fetchrow(_ROLE_SQL)
                     writable = await conn.fetch(_WRITABLE_SQL)
-        except (AuthenticationError, NotFoundError, UnavailableError, TimeoutError) as exc:
+        except (
+            AuthenticationError,
+            NotFoundError,
+            UnavailableError,
+            TimeoutError,
+            PrivilegedRole,
+        ) as exc:
             return ConnectionStatus(
                 ok=False,
                 latency_ms=(time.perf_counter() - start) * 1000,
                 message=exc.message,
                 details={"error": exc.code},
             )
-        warnings: list[str] = []
-        if role["rolsuper"]:
-            warnings.append("This role is a superuser: it can write; use a read-only role.")
-        for name in ("pg_write_server_files", "pg_execute_server_program", "pg_read_server_files"):
-            if role[name]:
-                warnings.append(f"This role is a member of {name}; use a read-only role.")
+        warnings = [
+            f"This role {reason}; the operator allowed privileged roles."
+            for reason in _privileges(role)
+        ]
         if writable:
             names = ", ".join(
                 f"{r['privilege']} on {r['schema']}.{r['table']}" for r in writable[:10]
@@ -794,8 +890,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             schema, table = self._split_table(path_or_sql.strip())
             source_sql = f"SELECT * FROM {_ident(schema)}.{_ident(table)}"
         else:
-            if self.parser_check:
-                check_read_only(path_or_sql)
+            await self._guard(path_or_sql)
             source_sql = path_or_sql.strip().rstrip(";")
         with self._errors("profile"):
             async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
@@ -1089,8 +1184,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         asyncpg does not expose a query's type modifiers, so a numeric column is exported
         as exact text unless ``decimals`` declares its ``(precision, scale)`` by name.
         """
-        if self.parser_check:
-            check_read_only(sql)
+        await self._guard(sql)
         fmt = _export_format(format)
         workspace = Workspace.of(workspace_dir)
         if filename is None:
@@ -1191,8 +1285,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             )
             literals = list(await conn.fetchrow(f"SELECT {casts}", *given))
             inner = _inline_parameters(inner, literals)
-            if self.parser_check:
-                check_read_only(inner)
+            await self._guard(inner)
             statement = await conn.prepare(inner)
             if statement.get_parameters():
                 raise InvalidInputError("Could not place every parameter of the statement.")
@@ -1339,14 +1432,46 @@ WHERE s.schemaname = $1 AND s.tablename = $2 AND NOT s.inherited
 ORDER BY a.attnum
 """
 
-_ROLE_SQL = """
+# Roles and functions that reach past the database: server files, programs, signals.
+_PRIVILEGED_ROLES = (
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_signal_backend",
+)
+# Superuser-only by default; a direct GRANT EXECUTE on one is the same power as the role.
+_PRIVILEGED_FUNCTIONS = (
+    "pg_read_file(text)",
+    "pg_read_binary_file(text)",
+    "pg_ls_dir(text)",
+    "pg_stat_file(text)",
+    "lo_import(text)",
+    "lo_export(oid, text)",
+    "pg_reload_conf()",
+    "pg_rotate_logfile()",
+    "pg_stat_reset()",
+    "pg_promote(boolean, integer)",
+)
+_ROLE_SQL = f"""
 SELECT r.rolname, r.rolsuper,
-       pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') AS pg_write_server_files,
-       pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')
-           AS pg_execute_server_program,
-       pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') AS pg_read_server_files
+       ARRAY(SELECT g FROM unnest(ARRAY{list(_PRIVILEGED_ROLES)!r}::text[]) g
+             WHERE pg_has_role(current_user, g, 'MEMBER')) AS roles,
+       ARRAY(SELECT f FROM unnest(ARRAY{list(_PRIVILEGED_FUNCTIONS)!r}::text[]) f
+             WHERE has_function_privilege(current_user, ('pg_catalog.' || f)::regprocedure,
+                                          'EXECUTE')) AS functions
 FROM pg_roles r WHERE r.rolname = current_user
 """
+
+
+def _privileges(role: Mapping[str, Any]) -> list[str]:
+    """Why a role (a row of ``_ROLE_SQL``) is privileged; empty when it is not."""
+    if role["rolsuper"]:
+        return ["is a superuser"]
+    reasons = [f"is a member of {name}" for name in role["roles"]]
+    if role["functions"]:
+        reasons.append(f"may execute {', '.join(role['functions'])}")
+    return reasons
+
 
 _WRITABLE_SQL = """
 SELECT n.nspname AS schema, c.relname AS table, p.privilege
