@@ -93,6 +93,32 @@ HARMLESS_VOLATILE = frozenset(
         "pg_indexes_size",
         "pg_database_size",
         "pg_tablespace_size",
+        # Reads of the session's, the catalog's or the server's own state.
+        "currval",
+        "lastval",
+        "pg_xact_status",
+        "pg_stat_have_stats",
+        "pg_partition_tree",
+        "pg_partition_ancestors",
+        "pg_notification_queue_usage",
+        "pg_control_checkpoint",
+        "pg_control_init",
+        "pg_control_recovery",
+        "pg_control_system",
+        "amvalidate",
+        "pg_stat_get_xact_blocks_fetched",
+        "pg_stat_get_xact_blocks_hit",
+        "pg_stat_get_xact_function_calls",
+        "pg_stat_get_xact_function_self_time",
+        "pg_stat_get_xact_function_total_time",
+        "pg_stat_get_xact_numscans",
+        "pg_stat_get_xact_tuples_deleted",
+        "pg_stat_get_xact_tuples_fetched",
+        "pg_stat_get_xact_tuples_hot_updated",
+        "pg_stat_get_xact_tuples_inserted",
+        "pg_stat_get_xact_tuples_newpage_updated",
+        "pg_stat_get_xact_tuples_returned",
+        "pg_stat_get_xact_tuples_updated",
         # TABLESAMPLE SYSTEM / BERNOULLI: the sampling methods' handlers.
         "system",
         "bernoulli",
@@ -100,8 +126,8 @@ HARMLESS_VOLATILE = frozenset(
 )
 
 # Functions of pg_catalog refused whatever their volatility: they run SQL text the
-# guard never sees, read whole tables or schemas by name (past the schema allow-list),
-# or assign a transaction id (a write).
+# guard never sees, read whole tables or schemas or rows by name (past the schema
+# allow-list), assign a transaction id (a write), or expose other transactions' ids.
 SQL_TEXT_FUNCTIONS = frozenset(
     {
         "ts_stat",
@@ -120,10 +146,22 @@ SQL_TEXT_FUNCTIONS = frozenset(
         "database_to_xml",
         "database_to_xmlschema",
         "database_to_xml_and_xmlschema",
+        "currtid2",
         "txid_current",
         "txid_current_if_assigned",
         "pg_current_xact_id",
         "pg_current_xact_id_if_assigned",
+        "txid_current_snapshot",
+        "txid_snapshot_xip",
+        "txid_snapshot_xmax",
+        "txid_snapshot_xmin",
+        "txid_visible_in_snapshot",
+        "txid_status",
+        "pg_current_snapshot",
+        "pg_snapshot_xip",
+        "pg_snapshot_xmax",
+        "pg_snapshot_xmin",
+        "pg_visible_in_snapshot",
     }
 )
 
@@ -414,6 +452,10 @@ SELECT n.nspname AS schema, c.relname AS name
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
+TYPES_SQL = """
+SELECT n.nspname AS schema, t.typname AS name
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+"""
 SEARCH_PATH_SQL = "SELECT current_schemas(true)"
 
 
@@ -432,7 +474,10 @@ def _function_problem(function: _Function) -> str | None:
     """Why the allow-list refuses ``function`` (None: it passes)."""
     label = f"{function.schema}.{function.name}()"
     if function.schema == "pg_catalog" and function.name in SQL_TEXT_FUNCTIONS:
-        return f"The function {label} runs SQL text or reads tables by name; it is not allowed."
+        return (
+            f"The function {label} is not allowed: it runs SQL text, reads relations by "
+            "name or exposes transaction ids."
+        )
     if function.kind == "p":
         return f"{label} is a procedure; procedures are not allowed."
     if function.definer and function.schema != "pg_catalog":
@@ -459,6 +504,7 @@ class Catalog:
         casts: Iterable[tuple[str, str, int]],
         relations: Iterable[tuple[str, str]],
         search_path: Sequence[str],
+        types: Iterable[tuple[str, str]] = (),
     ) -> None:
         self._by_oid: dict[int, _Function] = {}
         self._by_name: dict[str, list[_Function]] = {}
@@ -474,6 +520,9 @@ class Catalog:
         self._relations: dict[str, set[str]] = {}
         for schema, name in relations:
             self._relations.setdefault(name, set()).add(schema)
+        self._types: dict[str, set[str]] = {}
+        for schema, name in types:
+            self._types.setdefault(name, set()).add(schema)
         self.search_path = tuple(search_path)
         self._verdicts: dict[Statement, str | None] = {}
 
@@ -485,6 +534,7 @@ class Catalog:
         casts: Iterable[Mapping[str, Any]],
         relations: Iterable[Mapping[str, Any]],
         search_path: Sequence[str],
+        types: Iterable[Mapping[str, Any]] = (),
     ) -> Catalog:
         """A catalog from the rows of the ``*_SQL`` queries of this module."""
         return cls(
@@ -504,13 +554,14 @@ class Catalog:
             ((r["schema"], r["name"], int(r["function"])) for r in casts),
             ((r["schema"], r["name"]) for r in relations),
             search_path,
+            ((r["schema"], r["name"]) for r in types),
         )
 
     def knows(self, statement: Statement) -> bool:
         """Whether every function, operator and relation name is in these facts."""
-        return all(self._functions(name) for name in statement.functions) and all(
-            self._operator_functions(name) is not None for name in statement.operators
-        )
+        return all(
+            self._functions(name) or self._is_type(name) for name in statement.functions
+        ) and all(self._operator_functions(name) is not None for name in statement.operators)
 
     def check(self, statement: Statement, schemas: Sequence[str] | None = None) -> None:
         """Raise :class:`ReadOnlyViolation` or :class:`SchemaNotAllowed`; None when it passes."""
@@ -530,6 +581,11 @@ class Catalog:
             found = [f for f in found if f.schema == schema]
         return found
 
+    def _is_type(self, name: Name) -> bool:
+        schema, bare = name
+        holders = self._types.get(bare, set())
+        return bool(holders) and (schema is None or schema in holders)
+
     def _operator_functions(self, name: Name) -> list[_Function] | None:
         schema, symbol = name
         entries = self._operators.get(symbol)
@@ -542,8 +598,12 @@ class Catalog:
         return [self._by_oid[oid] for _, oid in entries if oid in self._by_oid]
 
     def _function_verdict(self, statement: Statement) -> str | None:
+        casts = set(statement.casts)
         for name in sorted(statement.functions, key=repr):
             found = self._functions(name)
+            if not found and self._is_type(name):
+                casts.add(name)  # tsquery('a'): a function-style cast when no function
+                continue
             if not found:
                 label = ".".join(n for n in name if n)
                 return f"The function {label}() is not known to the server's catalog."
@@ -566,7 +626,7 @@ class Catalog:
                 problem = _function_problem(function)
                 if problem is not None:
                     return f"The operator {name[1]} calls a function that is not allowed: {problem}"
-        for schema, type_name in sorted(statement.casts, key=repr):
+        for schema, type_name in sorted(casts, key=repr):
             for cast_schema, oid in self._casts.get(type_name, []):
                 if schema is not None and cast_schema != schema:
                     continue

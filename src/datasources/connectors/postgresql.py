@@ -48,6 +48,7 @@ import asyncpg
 import pyarrow as pa
 from pydantic import Field, SecretStr, model_validator
 
+from datasources.connectors import pg_values
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
@@ -94,6 +95,7 @@ from datasources.sql_guard import (
     OPERATORS_SQL,
     RELATIONS_SQL,
     SEARCH_PATH_SQL,
+    TYPES_SQL,
     Catalog,
     ReadOnlyViolation,
     Statement,
@@ -508,7 +510,12 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         self._connected = True
 
     async def _init_connection(self, conn: Any) -> None:
-        """Every new server connection: the privilege layer, before anything else runs."""
+        """Every new server connection: the privilege layer, before anything else runs.
+
+        It also installs the decoders that return dates, times and intervals Python
+        cannot hold as PostgreSQL's text (:mod:`datasources.connectors.pg_values`).
+        """
+        await pg_values.install(conn)
         if not self.privilege_check or self.allow_privileged_role:
             return
         role = await conn.fetchrow(_ROLE_SQL)
@@ -591,6 +598,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         except asyncpg.PostgresError as exc:
             logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
             raise InvalidInputError(f"PostgreSQL refused the {what}: {exc}") from None
+        except (asyncpg.InternalClientError, asyncpg.exceptions.UnsupportedClientFeatureError):
+            # The driver cannot read a column's type (a record of some built-in types).
+            raise InvalidInputError(
+                f"The {what} returns a value the driver cannot read; cast that column to text."
+            ) from None
         except (asyncpg.InterfaceError, OSError, builtins.TimeoutError) as exc:
             logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
             raise UnavailableError(
@@ -679,11 +691,12 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                         operators = await conn.fetch(OPERATORS_SQL)
                         casts = await conn.fetch(CASTS_SQL)
                         relations = await conn.fetch(RELATIONS_SQL)
+                        types = await conn.fetch(TYPES_SQL)
                         search_path = await conn.fetchval(SEARCH_PATH_SQL)
                     finally:
                         await self._end(conn)
             self._catalog = Catalog.from_rows(
-                functions, operators, casts, relations, list(search_path)
+                functions, operators, casts, relations, list(search_path), types
             )
             self._catalog_at = time.monotonic()
             return self._catalog
