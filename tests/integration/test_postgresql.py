@@ -723,3 +723,44 @@ class TestPostgreSQLContract(DatabaseContract):
     @pytest.fixture
     def secret_values(self, database: Database) -> list[str]:
         return [database.password]
+
+
+@pytest.mark.parametrize(
+    "rootcert",
+    ["/etc/passwd", "/etc/hostname", "/no/such/file", "/etc/shadow", "-----BEGIN CERTIFICATE-----"],
+)
+async def test_sslrootcert_is_never_a_server_path(database: Database, rootcert: str) -> None:
+    """A path (or broken PEM) is refused at registration as a 4xx error, the same for every
+    path: no server file is read for an API user, so none can be probed."""
+    from datasources.netpolicy import OutboundPolicy
+    from datasources.registry import DataSourceRegistry
+
+    policy = OutboundPolicy(allow_private_networks=True)
+    for config in (
+        database.config(database.reader, sslmode="verify-ca", sslrootcert=rootcert),
+        {"dsn": f"postgresql://u@{database.host}/d?sslmode=verify-ca&sslrootcert={rootcert}"},
+    ):
+        async with DataSourceRegistry(outbound=policy) as registry:
+            with pytest.raises(ConfigurationError) as info:
+                source = {"name": "pg", "type": "postgresql", "config": config}
+                await registry.register_data_source(source)
+        message = info.value.message
+        assert "sslrootcert" in message and "root:" not in message
+        assert rootcert not in message or rootcert.startswith("-----")
+
+
+def _one_ca_certificate() -> str:
+    import certifi
+
+    return Path(certifi.where()).read_text()
+
+
+async def test_sslrootcert_takes_the_certificate_itself(database: Database) -> None:
+    bundle = _one_ca_certificate()
+    pem = bundle[bundle.index("-----BEGIN CERTIFICATE-----") :]
+    pem = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    for value in (pem, "system"):
+        config = PostgreSQLConnector.validate_config(
+            database.config(database.reader, sslmode="verify-full", sslrootcert=value)
+        )
+        await PostgreSQLConnector.check_config(config)

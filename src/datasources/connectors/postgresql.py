@@ -36,6 +36,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -130,6 +131,31 @@ def _config_error(field: str, problem: str) -> ConfigurationError:
     return ConfigurationError.from_fields([(field, problem)], prefix=_PREFIX)
 
 
+_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+_MAX_ROOTCERT_CHARS = 256 * 1024
+
+
+def _ca_context(rootcert: str | None) -> ssl.SSLContext:
+    """The TLS context that trusts ``rootcert``: PEM text, ``system``, or none (system).
+
+    A source's config comes from API users, so ``sslrootcert`` is never a path: reading
+    a server file on their behalf would tell them which files exist and what they hold.
+    The certificate itself is given as PEM text.
+    """
+    if rootcert is None or rootcert == "system":
+        return ssl.create_default_context()
+    if len(rootcert) > _MAX_ROOTCERT_CHARS or _PEM_CERTIFICATE not in rootcert:
+        raise _config_error(
+            "sslrootcert",
+            "must be the CA certificate itself as PEM text (-----BEGIN CERTIFICATE-----…) "
+            "or 'system'; file paths are not read",
+        )
+    try:
+        return ssl.create_default_context(cadata=rootcert)
+    except (ssl.SSLError, ValueError):
+        raise _config_error("sslrootcert", "is not a valid PEM certificate") from None
+
+
 def parse_dsn(dsn: str) -> dict[str, str]:
     """A ``postgresql://`` URL or ``key=value`` string → allowed parameters (others refused)."""
     params: dict[str, str] = {}
@@ -183,7 +209,10 @@ class PostgreSQLConfig(ConnectorConfig):
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
         None
     )
-    sslrootcert: str | None = None
+    sslrootcert: str | None = Field(
+        default=None,
+        description="The CA certificate as PEM text, or 'system'; never a file path.",
+    )
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     application_name: str = Field(default="datasources", max_length=63)
     statement_timeout: float = Field(default=30.0, gt=0, le=86400)
@@ -225,6 +254,8 @@ class PostgreSQLConfig(ConnectorConfig):
             params["sslrootcert"] = self.sslrootcert
         if params.get("sslmode") and params["sslmode"] not in _SSLMODES:
             raise _config_error("sslmode", "is not a libpq sslmode")
+        if "sslrootcert" in params:
+            _ca_context(params["sslrootcert"])  # PEM text or 'system', never a path
         for needed in ("host", "dbname", "user"):
             if not params.get(needed):
                 raise _config_error("dsn", f"does not name a {needed}")
@@ -530,9 +561,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     @staticmethod
     def _ssl(mode: str, rootcert: str | None) -> Any:
         if mode in ("verify-ca", "verify-full"):
-            import ssl
-
-            context = ssl.create_default_context(cafile=rootcert)
+            context = _ca_context(rootcert)
             context.check_hostname = mode == "verify-full"
             return context
         return mode
