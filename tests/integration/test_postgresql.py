@@ -287,31 +287,50 @@ async def test_timeout_cancels_on_the_server_and_the_pool_recovers(
         assert (await connector.execute_query("SELECT 1")).rows == [[1]]
 
 
+async def _running(admin: asyncpg.Connection, database: Database) -> list[int]:
+    """Backends of the test database running ``SLOW`` right now."""
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query = $2",
+        database.name,
+        SLOW,
+    )
+    return [r["pid"] for r in rows]
+
+
+async def _until(condition: Callable[[], Any], what: str, seconds: float = 20) -> Any:
+    """Poll ``condition`` (an async callable) until it is truthy; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    pytest.fail(f"gave up waiting: {what}")
+
+
 async def test_cancelling_the_caller_cancels_the_server_query(
     connector_for: Callable[..., PostgreSQLConnector], database: Database
 ) -> None:
-    async with connector_for(statement_timeout=60) as connector:
-        task = asyncio.create_task(connector.execute_query(SLOW))
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        admin = await asyncpg.connect(database.admin_dsn)
-        try:
-            for _ in range(50):
-                active = await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' "
-                    "AND query = $2",
-                    database.name,
-                    SLOW,
-                )
-                if active == 0:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await admin.close()
-        assert active == 0
-        assert (await connector.execute_query("SELECT 2")).rows == [[2]]
+    """The server shows the statement running, then no longer running once we cancel."""
+    admin = await asyncpg.connect(database.admin_dsn)
+    try:
+        async with connector_for(statement_timeout=60) as connector:
+            task = asyncio.create_task(connector.execute_query(SLOW))
+            pids = await _until(lambda: _running(admin, database), "the query to start")
+            assert not task.done()
+            task.cancel()
+
+            async def stopped() -> bool:
+                return not set(pids) & set(await _running(admin, database))
+
+            # Well before the 60 s statement timeout could end it: the server stopped it.
+            await _until(stopped, "the server to stop the query", seconds=20)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await connector.execute_query("SELECT 2")).rows == [[2]]
+    finally:
+        await admin.close()
 
 
 async def test_results_are_capped_and_json_safe(

@@ -348,6 +348,7 @@ ExportFormat = Literal["parquet", "csv"]
 _PIPE_CHUNK = 1 << 20
 
 
+_CANCEL_ATTEMPTS = 40  # quarter seconds: ten seconds for a cancelled statement to stop
 _END_SQL = "ROLLBACK; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL"
 
 
@@ -780,9 +781,25 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         Session advisory locks, WITH HOLD cursors, LISTEN and session settings are what a
         statement could leave behind with the parser switched off; ``RESET ALL`` returns
         settings to the connection's start-up values (``default_transaction_read_only=on``).
+
+        When the caller was cancelled mid-statement, asyncpg sends one cancel request; one
+        that reaches the server between protocol messages is dropped, and the statement
+        would then run on until its timeout. So while the rollback waits, a cancel request
+        is sent again every quarter second; a connection that still does not answer is
+        terminated.
         """
+        end = asyncio.ensure_future(conn.execute(_END_SQL))
         try:
-            await conn.execute(_END_SQL)
+            for _ in range(_CANCEL_ATTEMPTS):
+                done, _pending = await asyncio.wait({end}, timeout=0.25)
+                if done:
+                    end.result()
+                    return
+                cancel = getattr(conn, "_cancel_current_command", None)
+                if cancel is not None:
+                    cancel(asyncio.get_running_loop().create_future())
+            end.cancel()
+            conn.terminate()
         except Exception:
             # The connection broke: make sure it is not lent again.
             await conn.close(timeout=2)
