@@ -489,6 +489,10 @@ def _function_problem(function: _Function) -> str | None:
     return f"The function {label} is volatile (it can change state); it is not allowed."
 
 
+_UNJUDGED = "\x00unjudged"
+_MAX_VERDICTS = 4096
+
+
 class Catalog:
     """Facts about one server's functions, operators, casts and relations, and the verdict.
 
@@ -563,12 +567,17 @@ class Catalog:
             self._functions(name) or self._is_type(name) for name in statement.functions
         ) and all(self._operator_functions(name) is not None for name in statement.operators)
 
+    def judged(self, statement: Statement) -> bool:
+        """Whether this statement's functions were judged already (its names are known)."""
+        return statement in self._verdicts
+
     def check(self, statement: Statement, schemas: Sequence[str] | None = None) -> None:
         """Raise :class:`ReadOnlyViolation` or :class:`SchemaNotAllowed`; None when it passes."""
-        key = statement
-        if key not in self._verdicts:
-            self._verdicts[key] = self._function_verdict(statement)
-        problem = self._verdicts[key]
+        problem = self._verdicts.get(statement, _UNJUDGED)
+        if problem is _UNJUDGED:
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()  # bounded: statements are many, verdicts are cheap
+            problem = self._verdicts[statement] = self._function_verdict(statement)
         if problem is not None:
             raise ReadOnlyViolation(problem)
         if schemas is not None:

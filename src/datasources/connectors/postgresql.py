@@ -705,7 +705,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         if (
             catalog is not None
             and now - self._catalog_at < self.catalog_ttl
-            and (catalog.knows(statement) or now - self._catalog_at < 1.0)
+            and (
+                catalog.judged(statement)
+                or catalog.knows(statement)
+                or now - self._catalog_at < 1.0
+            )
         ):
             return catalog
         async with self._catalog_lock:
@@ -755,7 +759,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         return columns, rows, truncated
 
     async def _end_and_release(self, pool: Any, conn: Any) -> None:
-        await self._end(conn)
+        # The statement has finished: the rollback needs no cancel requests behind it.
+        try:
+            await conn.execute(_END_SQL)
+        except Exception:
+            await conn.close(timeout=2)
         await pool.release(conn)
 
     async def _begin(
