@@ -783,3 +783,20 @@ async def test_sslrootcert_takes_the_certificate_itself(database: Database) -> N
             database.config(database.reader, sslmode="verify-full", sslrootcert=value)
         )
         await PostgreSQLConnector.check_config(config)
+
+
+async def test_unqualified_names_resolve_as_the_server_resolves_them(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    """With ``hidden`` first on the role's search path, ``data`` is hidden.data: refused."""
+    await _grant(database, f"ALTER ROLE {database.reader} SET search_path = hidden, public")
+    async with connector_for(schemas=["public"]) as connector:
+        with pytest.raises(PermissionDeniedError) as info:
+            await connector.execute_query("SELECT * FROM data")
+        assert info.value.code == "schema_not_allowed" and "hidden.data" in info.value.message
+        # canary resolves to public.canary along the same path, and CTEs shadow.
+        assert (await connector.execute_query("SELECT count(*) FROM canary")).rows == [[50]]
+        shadowed = await connector.execute_query("WITH data AS (SELECT 1 AS x) SELECT * FROM data")
+        assert shadowed.rows == [[1]]
+    async with connector_for(schemas=["public", "hidden"]) as connector:
+        assert (await connector.execute_query("SELECT * FROM data")).rows == [["top secret"]]
