@@ -349,6 +349,11 @@ class DataSourceRegistry:
         await cls.check_config(model)
         if self._shared.outbound is not None:
             await cls.check_targets(model, self._shared.outbound)
+        await cls.check_access(
+            model,
+            outbound=self._shared.outbound,
+            allow_privileged_role=self._shared.allow_privileged_roles,
+        )
         secrets = cls.secret_values(model)
         plain = model.model_dump(mode="json", exclude=set(cls.secret_fields), exclude_unset=True)
         return model, plain, secrets

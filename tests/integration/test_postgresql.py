@@ -418,17 +418,34 @@ async def test_privileged_roles_are_refused_unless_the_operator_allows_them(
     # The opt-in is the operator's (settings → registry), never a field of the config.
     with pytest.raises(ConfigurationError):
         PostgreSQLConnector({**config, "allow_privileged_role": True})
-    for allowed, expected in ((False, False), (True, True)):
-        async with DataSourceRegistry(allow_privileged_roles=allowed) as registry:
-            await registry.register_data_source(
-                {"name": "pg", "type": "postgresql", "config": config}
-            )
-            status = await registry.test_data_source("pg")
-            assert status.ok is expected, status
-            if allowed:
-                assert any(reason in w for w in status.warnings)
-                async with registry.get_connector("pg") as connector:
-                    assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+    source = {"name": "pg", "type": "postgresql", "config": config}
+    async with DataSourceRegistry() as registry:  # refused at registration
+        with pytest.raises(PermissionDeniedError) as refusal:
+            await registry.register_data_source(source)
+        assert refusal.value.code == "privileged_role" and reason in refusal.value.message
+        assert await registry.list_data_sources() == []
+    async with DataSourceRegistry(allow_privileged_roles=True) as registry:
+        await registry.register_data_source(source)
+        status = await registry.test_data_source("pg")
+        assert status.ok and any(reason in w for w in status.warnings)
+        async with registry.get_connector("pg") as connector:
+            assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+
+
+async def test_a_role_made_privileged_after_registration_is_refused(database: Database) -> None:
+    """Every new connection checks again: a grant made after registration is caught."""
+    from datasources.registry import DataSourceRegistry
+
+    async with DataSourceRegistry() as registry:
+        source = {"name": "pg", "type": "postgresql", "config": database.config(database.reader)}
+        await registry.register_data_source(source)
+        assert (await registry.test_data_source("pg")).ok
+        await _grant(database, f"GRANT pg_signal_backend TO {database.reader}")
+        status = await registry.test_data_source("pg")
+        assert not status.ok and status.details["error"] == "privileged_role"
+        # Unreachable at registration: registered, and checked when it connects.
+        down = {**database.config(database.reader), "port": 1, "connect_timeout": 2}
+        await registry.register_data_source({"name": "down", "type": "postgresql", "config": down})
 
 
 async def test_the_operator_opt_in_comes_from_settings(tmp_path: Path) -> None:

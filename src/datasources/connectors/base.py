@@ -276,6 +276,21 @@ class BaseConnector(ABC, Generic[ConfigT]):
         """
 
     @classmethod
+    async def check_access(
+        cls,
+        config: ConnectorConfig,
+        *,
+        outbound: OutboundPolicy | None = None,
+        allow_privileged_role: bool = False,
+    ) -> None:
+        """Refuse, at registration, credentials with more than read rights (when it can tell).
+
+        Connectors that can ask their server what a credential may do override this (the
+        registry calls it when a source is registered or changed); a target that cannot
+        be reached now is not refused here, as every connection checks again.
+        """
+
+    @classmethod
     def secret_values(cls, config: ConnectorConfig) -> dict[str, str]:
         """The plain secret values of a validated config (for encryption)."""
         values: dict[str, str] = {}

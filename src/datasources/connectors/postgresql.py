@@ -501,6 +501,41 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         params = config.connection_params()
         await policy.resolve(params["host"], int(params.get("port", "5432")))
 
+    @classmethod
+    async def check_access(
+        cls,
+        config: ConnectorConfig,
+        *,
+        outbound: OutboundPolicy | None = None,
+        allow_privileged_role: bool = False,
+    ) -> None:
+        """Connect once and refuse a privileged role (:class:`PrivilegedRole`, 403).
+
+        A server that cannot be reached now (or refuses the credentials) is not a reason
+        to refuse the source: every connection it opens later checks again.
+        """
+        if allow_privileged_role:
+            return
+        assert isinstance(config, PostgreSQLConfig)
+        probe = config.model_copy(
+            update={
+                "connect_timeout": min(config.connect_timeout, 5.0),
+                "pool_min_size": 0,
+                "pool_max_size": 1,
+            }
+        )
+        connector = cls(probe, source_id="registration", outbound=outbound)
+        try:
+            async with (
+                connector,
+                connector._require_pool().acquire(timeout=probe.connect_timeout),
+            ):
+                pass  # the pool's init step has checked the role
+        except PrivilegedRole:
+            raise
+        except (DataSourceError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def connect(self) -> None:
