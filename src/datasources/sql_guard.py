@@ -58,7 +58,7 @@ __all__ = [
     "parameter_spans",
 ]
 
-MAX_SQL_CHARS = 1_000_000
+MAX_SQL_CHARS = 256 * 1024
 """Longer statements are refused before parsing: parsing is CPU-bound work."""
 
 
