@@ -567,6 +567,10 @@ class Catalog:
             self._functions(name) or self._is_type(name) for name in statement.functions
         ) and all(self._operator_functions(name) is not None for name in statement.operators)
 
+    def knows_relations(self, statement: Statement) -> bool:
+        """Whether every unqualified relation name resolves along the search path."""
+        return all(self.resolve(name) is not None for name in statement.relations)
+
     def judged(self, statement: Statement) -> bool:
         """Whether this statement's functions were judged already (its names are known)."""
         return statement in self._verdicts
@@ -661,7 +665,12 @@ class Catalog:
         for name in sorted(statement.relations, key=repr):
             schema = self.resolve(name)
             if schema is None:
-                continue  # no such relation: the server refuses the statement itself
+                # Not in the facts even after a reload: it does not exist (the server
+                # would refuse too), or it is newer than the facts; either way, not read.
+                raise SchemaNotAllowed(
+                    f"The relation {name[1]} is not in this source's schemas "
+                    f"({', '.join(sorted(allowed))})."
+                )
             if schema not in allowed:
                 raise SchemaNotAllowed(
                     f"The statement reads {schema}.{name[1]}, outside this source's schemas "

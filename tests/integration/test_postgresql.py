@@ -815,6 +815,16 @@ async def test_unqualified_names_resolve_as_the_server_resolves_them(
         assert (await connector.execute_query("SELECT count(*) FROM canary")).rows == [[50]]
         shadowed = await connector.execute_query("WITH data AS (SELECT 1 AS x) SELECT * FROM data")
         assert shadowed.rows == [[1]]
+        # A relation newer than the connector's catalog facts is not read past the check.
+        await _grant(
+            database,
+            f"SET ROLE {database.writer}",
+            "CREATE TABLE hidden.late AS SELECT 'late secret' AS v",
+            f"GRANT SELECT ON hidden.late TO {database.reader}",
+        )
+        with pytest.raises(PermissionDeniedError) as late:
+            await connector.execute_query("SELECT * FROM late")
+        assert late.value.code == "schema_not_allowed"
     async with connector_for(schemas=["public", "hidden"]) as connector:
         assert (await connector.execute_query("SELECT * FROM data")).rows == [["top secret"]]
 

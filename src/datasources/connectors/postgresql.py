@@ -747,8 +747,10 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             catalog is not None
             and now - self._catalog_at < self.catalog_ttl
             and (
-                catalog.judged(statement)
-                or catalog.knows(statement)
+                (
+                    (catalog.judged(statement) or catalog.knows(statement))
+                    and (self.config.schemas is None or catalog.knows_relations(statement))
+                )
                 or now - self._catalog_at < 1.0
             )
         ):
