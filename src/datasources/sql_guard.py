@@ -310,7 +310,8 @@ def _true(arg: Mapping[str, Any] | None) -> bool:
 
 
 def _names(items: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [item["String"]["sval"] for item in items if "String" in item]
+    # libpg_query's JSON leaves out empty strings, hence get().
+    return [item["String"].get("sval", "") for item in items if "String" in item]
 
 
 def _qualified(names: Sequence[str]) -> Name:
@@ -368,12 +369,12 @@ class _Collector:
         elif kind == "ColumnRef":
             fields = body.get("fields", [])
             if len(fields) >= 2 and "String" in fields[-1]:
-                self.attributes.add(fields[-1]["String"]["sval"])
+                self.attributes.add(fields[-1]["String"].get("sval", ""))
             return
         elif kind == "A_Indirection":
             for item in body.get("indirection", []):
                 if "String" in item:
-                    self.attributes.add(item["String"]["sval"])
+                    self.attributes.add(item["String"].get("sval", ""))
         elif kind == "A_Expr":
             names = _names(body.get("name", []))
             if "BETWEEN" in body.get("kind", ""):
