@@ -80,7 +80,8 @@ async def _ours(url: str, table: str, out: Path) -> int:
     from datasources.workspace import Workspace
 
     connector = PostgreSQLConnector(
-        {"dsn": url, "statement_timeout": 3600, "max_download_bytes": None}
+        {"dsn": url, "statement_timeout": 3600, "max_download_bytes": None},
+        allow_privileged_role=True,  # the bench database belongs to the test superuser
     )
     async with connector:
         path = await connector.fetch_data(f"public.{table}", Workspace(out.parent, durable=False))

@@ -77,6 +77,36 @@ async def postgres_database(postgres_admin_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def postgres_reader(postgres_database: str) -> AsyncIterator[str]:
+    """A least-privilege role on ``postgres_database``: SELECT on ``public``, now and later.
+
+    Sources in tests use it: PostgreSQL sources refuse superusers unless the operator opts
+    in. Yields the role's libpq URL.
+    """
+    import asyncpg
+
+    role = "ds_reader_" + secrets.token_hex(6)
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        await conn.execute(
+            f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA public TO {role}; "
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}"
+        )
+    finally:
+        await conn.close()
+    scheme, rest = postgres_database.split("://", 1)
+    try:
+        yield f"{scheme}://{role}@{rest.split('@', 1)[-1]}"
+    finally:
+        conn = await asyncpg.connect(postgres_database)
+        try:
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
 def azurite() -> dict[str, str]:
     connection_string = require_service("DATASOURCES_TEST_AZURITE_CONNECTION_STRING")
     url = require_service("DATASOURCES_TEST_AZURITE_URL")

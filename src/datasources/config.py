@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         description="Azure account URLs for which API users may use the service's own "
         "identity (use_default_credential); none: never over the HTTP API.",
     )
+    allow_privileged_database_roles: bool = Field(
+        default=False,
+        description="Let database sources use privileged roles (superuser, server files, "
+        "programs, signals). Off: such sources are refused on every connection.",
+    )
 
     @field_validator(
         "allowed_hosts", "local_folder_roots", "ambient_identity_accounts", mode="before"

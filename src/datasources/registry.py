@@ -119,6 +119,7 @@ class _Shared:
     credentials: CredentialManager
     pool_settings: PoolSettings
     outbound: OutboundPolicy | None = None
+    allow_privileged_roles: bool = False
     classes: dict[str, type[BaseConnector[Any]]] = field(default_factory=dict)
     pools: dict[tuple[str, str], _CachedPool] = field(default_factory=dict)
     listings: dict[str, _Listing] = field(default_factory=dict)
@@ -165,6 +166,9 @@ class DataSourceRegistry:
             the in-memory store only: a persistent store needs a real key).
         owner: Whose sources this registry sees.
         pool_settings: Limits of each source's connector pool.
+        outbound: The outbound-target policy sources are checked against (None: none).
+        allow_privileged_roles: The operator's opt-in to database sources whose role is
+            privileged (``Settings.allow_privileged_database_roles``).
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class DataSourceRegistry:
         owner: str = "local",
         pool_settings: PoolSettings | None = None,
         outbound: OutboundPolicy | None = None,
+        allow_privileged_roles: bool = False,
     ) -> None:
         if credentials is None:
             # An in-memory store dies with the process, and so does this key.
@@ -184,6 +189,7 @@ class DataSourceRegistry:
             credentials=credentials,
             pool_settings=pool_settings or PoolSettings(),
             outbound=outbound,
+            allow_privileged_roles=allow_privileged_roles,
         )
         self.owner = owner
 
@@ -210,6 +216,7 @@ class DataSourceRegistry:
             owner=settings.owner,
             pool_settings=settings.pool,
             outbound=settings.outbound_policy() if enforce_outbound else None,
+            allow_privileged_roles=settings.allow_privileged_database_roles,
         )
 
     def scoped(self, owner: str) -> DataSourceRegistry:
@@ -342,6 +349,11 @@ class DataSourceRegistry:
         await cls.check_config(model)
         if self._shared.outbound is not None:
             await cls.check_targets(model, self._shared.outbound)
+        await cls.check_access(
+            model,
+            outbound=self._shared.outbound,
+            allow_privileged_role=self._shared.allow_privileged_roles,
+        )
         secrets = cls.secret_values(model)
         plain = model.model_dump(mode="json", exclude=set(cls.secret_fields), exclude_unset=True)
         return model, plain, secrets
@@ -631,12 +643,15 @@ class DataSourceRegistry:
         cls = self.connector_class(record.type)
         secrets = self._shared.credentials.decrypt_secrets(record.secrets)
         model = cls.validate_config({**record.config, **secrets})
-        return cls(
+        connector = cls(
             model,
             source_id=record.id,
             read_only=record.read_only,
             outbound=self._shared.outbound,
         )
+        # The operator's opt-in, from settings: a source's own config cannot set it.
+        connector.allow_privileged_role = self._shared.allow_privileged_roles
+        return connector
 
     def get_connector(self, ref: str) -> ConnectorLease:
         """Borrow a connector (``async with``) or get an owned one (``await``)."""

@@ -63,7 +63,7 @@ async def _app_with_model(
 
 
 async def test_the_loop_uses_tools_and_shares_only_what_sources_allow(
-    tmp_path: Path, live_server_factory: Any, postgres_database: str
+    tmp_path: Path, live_server_factory: Any, postgres_database: str, postgres_reader: str
 ) -> None:
     conn = await asyncpg.connect(postgres_database)
     try:
@@ -90,7 +90,7 @@ async def test_the_loop_uses_tools_and_shares_only_what_sources_allow(
     server = live_server_factory(model.app)
     async for client, auth in _app_with_model(tmp_path, model, server):
         for body in (
-            {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_database}},
+            {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_reader}},
             {"name": "files", "type": "local_folder",
              "config": {"root": str(folder), "share_samples_with_llm": True}},
         ):  # fmt: skip

@@ -53,7 +53,11 @@ async def _say(api: Api, chat: str, content: str, refs: list[dict[str, Any]] | N
 
 
 async def test_a_blob_and_a_table_joined_in_one_message(
-    chat_api: Api, azurite: dict[str, str], container: Any, postgres_database: str
+    chat_api: Api,
+    azurite: dict[str, str],
+    container: Any,
+    postgres_database: str,
+    postgres_reader: str,
 ) -> None:
     api = chat_api
     await container.upload_blob("sales/2026.csv", SALES_CSV)
@@ -70,7 +74,7 @@ async def test_a_blob_and_a_table_joined_in_one_message(
             "container_name": container.container_name}  # fmt: skip
     for body in (
         {"name": "lake", "type": "azure_blob", "config": lake},
-        {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_database}},
+        {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_reader}},
     ):
         assert (await api.request("POST", SOURCES, json=body)).status_code == 201
     chat = await _chat(api)

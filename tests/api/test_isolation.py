@@ -124,11 +124,11 @@ async def test_keys_of_one_owner_share_its_sources(api: Api) -> None:
 
 
 @pytest.fixture
-def secrets_everywhere(api: Api, canary: str) -> dict[str, Any]:
+def secrets_everywhere(api: Api, canary: str, postgres_reader: str) -> dict[str, Any]:
     """Sources whose secrets are the canary, on reachable and unreachable targets."""
-    dsn = require_service("DATASOURCES_TEST_POSTGRES_DSN")
     azure = require_service("DATASOURCES_TEST_AZURITE_URL")
-    host_port = dsn.split("@", 1)[1].split("/", 1)[0]
+    # A least-privilege role (a superuser source is refused at registration).
+    role, host_port_db = postgres_reader.split("://", 1)[1].split("@", 1)
     account_key = base64.b64encode(canary.encode()).decode()
     return {
         "canary": canary,
@@ -137,7 +137,7 @@ def secrets_everywhere(api: Api, canary: str) -> dict[str, Any]:
             {
                 "name": "pg-ok",
                 "type": "postgresql",
-                "config": {"dsn": f"postgresql://postgres:{canary}@{host_port}/postgres"},
+                "config": {"dsn": f"postgresql://{role}:{canary}@{host_port_db}"},
             },
             {
                 "name": "pg-down",

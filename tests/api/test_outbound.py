@@ -110,6 +110,7 @@ async def test_allowed_hosts_and_roots_open_exactly_what_they_name(tmp_path: Pat
     settings = Settings(
         home=tmp_path / "home",
         allowed_hosts=[host],
+        allow_privileged_database_roles=True,  # the test server's DSN is its superuser
         local_folder_roots=[tmp_path / "allowed"],
         api=ApiSettings(rate_limit_per_minute=0),
         sandbox_limits=SandboxLimits(pool_size=0),

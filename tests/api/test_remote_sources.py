@@ -22,7 +22,7 @@ SOURCES = "/api/v1/datasources"
 
 
 async def test_postgresql_query_schema_items_and_table_download(
-    api: Api, postgres_database: str
+    api: Api, postgres_database: str, postgres_reader: str
 ) -> None:
     conn = await asyncpg.connect(postgres_database)
     try:
@@ -37,11 +37,15 @@ async def test_postgresql_query_schema_items_and_table_download(
     created = await api.request(
         "POST",
         SOURCES,
-        json={"name": "pg", "type": "postgresql", "config": {"dsn": postgres_database}},
+        json={"name": "pg", "type": "postgresql", "config": {"dsn": postgres_reader}},
     )
     assert created.status_code == 201, created.text
     status = (await api.request("POST", f"{SOURCES}/pg/test")).json()
-    assert status["ok"] is True and any("write" in w for w in status["warnings"])
+    assert status["ok"] is True and status["warnings"] == []
+    # A superuser source is refused unless the operator allows privileged roles.
+    admin = {"name": "admin", "type": "postgresql", "config": {"dsn": postgres_database}}
+    refused = await api.request("POST", SOURCES, json=admin)
+    assert refused.status_code == 403 and "privileged_role" in refused.text, refused.text
     result = await api.request(
         "POST",
         f"{SOURCES}/pg/query",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from datasources.errors import (
 )
 from datasources.sql_guard import ReadOnlyViolation
 from datasources.testing.contract import DatabaseContract
-from datasources.testing.readonly_corpus import ALLOWED, BYPASS_CORPUS
+from datasources.testing.readonly_corpus import ALLOWED, ATTEMPTS, BYPASS_CORPUS
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,52 @@ CREATE VIEW canary_view AS SELECT id FROM canary WHERE id < 10;
 CREATE TABLE types (n numeric(12, 3), ts timestamptz, j jsonb, u uuid, b bytea, arr int[]);
 INSERT INTO types VALUES (1234.5, '2026-01-02 03:04:05+00', '{"k": [1, 2]}',
   'a8098c1a-f86e-11da-bd1a-00112444be1e', '\\x00ff', '{1,2,3}');
+CREATE SCHEMA hidden;
+CREATE TABLE hidden.data (secret text);
+INSERT INTO hidden.data VALUES ('top secret');
 """
+LAYERS = ("parser", "catalog", "transaction", "role")
+# Server-side paths the corpus tries to write (COPY … TO, lo_export).
+SERVER_FILES = ("/tmp/datasources-pwned", "/tmp/x")
+
+_SNAPSHOT_QUERIES = {
+    "data": """SELECT 'canary', md5(string_agg(c::text, ',' ORDER BY c.id)) FROM canary c
+               UNION ALL SELECT 'hidden', md5(string_agg(d::text, ',')) FROM hidden.data d
+               UNION ALL SELECT 'types', md5(string_agg(t::text, ',')) FROM types t""",
+    "sequences": "SELECT last_value, is_called FROM canary_seq",
+    "relations": """SELECT n.nspname, c.relname, c.relkind::text, c.relacl::text,
+                           (SELECT string_agg(a.attname || ':' || a.atttypid, ',' ORDER BY a.attnum)
+                            FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0)
+                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                      AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2""",
+    "schemas": "SELECT nspname, nspacl::text FROM pg_namespace ORDER BY 1",
+    "functions": "SELECT count(*), max(oid::int8) FROM pg_proc",
+    "types": "SELECT count(*), max(oid::int8) FROM pg_type",
+    "database": "SELECT datname, datacl::text FROM pg_database WHERE datname = current_database()",
+    "default_acl": "SELECT defaclrole, defaclobjtype::text, defaclacl::text FROM pg_default_acl",
+    "roles": """SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolcanlogin,
+                       rolreplication, rolbypassrls FROM pg_roles
+                WHERE rolname = ANY($2::text[]) ORDER BY 1""",
+    "memberships": """SELECT roleid, member, admin_option FROM pg_auth_members
+                      WHERE member IN (SELECT oid FROM pg_roles WHERE rolname = ANY($2::text[]))
+                      ORDER BY 1, 2""",
+    "comments": "SELECT objoid, classoid, objsubid, description FROM pg_description "
+    "WHERE objoid >= 16384 ORDER BY 1, 2, 3",
+    "shared_comments": """SELECT objoid, description FROM pg_shdescription
+                          WHERE objoid IN (SELECT oid FROM pg_roles WHERE rolname = ANY($2::text[]))
+                             OR objoid = (SELECT oid FROM pg_database
+                                          WHERE datname = current_database())""",
+    "large_objects": "SELECT oid FROM pg_largeobject_metadata ORDER BY 1",
+    "role_settings": "SELECT setdatabase, setrole, setconfig::text FROM pg_db_role_setting",
+    "settings": "SELECT name, setting FROM pg_settings ORDER BY 1",
+    "files": "SELECT f, (pg_stat_file(f, true)).size FROM unnest($1::text[]) f",
+    "data_directory": "SELECT string_agg(f, ',' ORDER BY f) FROM pg_ls_dir('.') f",
+}
 
 
 class Database:
-    """A fresh database with a writer (owner) role and a reader (SELECT only) role."""
+    """A fresh database with a writer (owner), a reader (SELECT only) and the superuser."""
 
     def __init__(self, admin_dsn: str, url: str, name: str) -> None:
         self.admin_dsn, self.url, self.name = admin_dsn, url, name
@@ -54,6 +95,8 @@ class Database:
         self.port = int(port or 5432)
 
     def config(self, role: str, **extra: Any) -> dict[str, Any]:
+        if role == "super":
+            return {"dsn": self.url, "statement_timeout": 2, **extra}
         return {
             "host": self.host,
             "port": self.port,
@@ -64,21 +107,30 @@ class Database:
             **extra,
         }
 
-    async def snapshot(self) -> tuple[Any, ...]:
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything the corpus could change: data, sequences, catalog, permissions,
+        comments, large objects, settings and server-side files."""
         conn = await asyncpg.connect(self.url)
         try:
-            rows = await conn.fetch("SELECT id, v FROM canary ORDER BY id")
-            tables = await conn.fetch(
-                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'public' ORDER BY 1"
-            )
-            seq = await conn.fetchval("SELECT last_value FROM canary_seq")
-            columns = await conn.fetchval(
-                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'canary'::regclass"
-            )
+            taken = {}
+            roles = [self.writer, self.reader, "postgres"]
+            for name, query in _SNAPSHOT_QUERIES.items():
+                args: list[Any] = [list(SERVER_FILES)] if "$1" in query else []
+                if "$2" in query:
+                    args = [roles]
+                    query = query.replace("$2", "$1")
+                taken[name] = [tuple(r) for r in await conn.fetch(query, *args)]
         finally:
             await conn.close()
-        return tuple(map(tuple, rows)), tuple(r[0] for r in tables), seq, columns
+        return taken
+
+    async def sibling(self, role: str) -> asyncpg.Connection:
+        """Another session of ``role``: a signal sent from the corpus would end it."""
+        if role == "super":
+            return await asyncpg.connect(self.url)
+        return await asyncpg.connect(
+            host=self.host, port=self.port, user=role, password=self.password, database=self.name
+        )
 
 
 @pytest.fixture
@@ -97,8 +149,9 @@ async def database(postgres_admin_dsn: str, postgres_database: str) -> AsyncIter
         await owner.execute(f"GRANT ALL ON SCHEMA public TO {db.writer}")
         await owner.execute(f"SET ROLE {db.writer}")
         await owner.execute(SETUP)
-        await owner.execute(f"GRANT USAGE ON SCHEMA public TO {db.reader}")
-        await owner.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {db.reader}")
+        for schema in ("public", "hidden"):
+            await owner.execute(f"GRANT USAGE ON SCHEMA {schema} TO {db.reader}")
+            await owner.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {db.reader}")
     finally:
         await owner.close()
     try:
@@ -115,10 +168,30 @@ async def database(postgres_admin_dsn: str, postgres_database: str) -> AsyncIter
 
 @pytest.fixture
 def connector_for(database: Database) -> Callable[..., PostgreSQLConnector]:
-    def make(role: str = "reader", *, parser: bool = True, **extra: Any) -> PostgreSQLConnector:
-        name = database.reader if role == "reader" else database.writer
-        connector = PostgreSQLConnector(database.config(name, **extra), source_id="pg")
-        connector.parser_check = parser
+    """A connector as ``reader`` (least privilege), ``writer`` (the owner) or ``super``.
+
+    ``layers`` names the layers left on (default all); ``super`` sources carry the
+    operator's opt-in unless the privilege layer is what is being tried.
+    """
+
+    def make(
+        role: str = "reader",
+        *,
+        parser: bool = True,
+        layers: Sequence[str] = LAYERS,
+        **extra: Any,
+    ) -> PostgreSQLConnector:
+        name = {"reader": database.reader, "writer": database.writer}.get(role, role)
+        on = set(layers) if parser else set(layers) - {"parser"}
+        connector = PostgreSQLConnector(
+            database.config(name, **extra),
+            source_id="pg",
+            allow_privileged_role=role == "super" and on != {"role"},
+        )
+        connector.parser_check = "parser" in on
+        connector.catalog_check = "catalog" in on
+        connector.transaction_check = "transaction" in on
+        connector.privilege_check = "role" in on
         return connector
 
     return make
@@ -131,48 +204,75 @@ async def test_reads_work(connector_for: Callable[..., PostgreSQLConnector], sql
     assert result.columns and result.row_count >= 1
 
 
+async def _try_all(connector: PostgreSQLConnector, statements: Sequence[str]) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    for sql in statements:
+        try:
+            await connector.execute_query(sql)
+            outcomes[sql] = "ran"
+        except DataSourceError as exc:
+            outcomes[sql] = exc.code
+    return outcomes
+
+
+@pytest.mark.parametrize("role", ["reader", "super"])
 async def test_corpus_with_every_layer(
-    connector_for: Callable[..., PostgreSQLConnector], database: Database
+    connector_for: Callable[..., PostgreSQLConnector], database: Database, role: str
 ) -> None:
+    """Every attempt is refused before the server sees it, on any role; nothing changes."""
     before = await database.snapshot()
-    async with connector_for("writer") as connector:
-        for sql in BYPASS_CORPUS:
-            with pytest.raises(ReadOnlyViolation):
-                await connector.execute_query(sql)
+    sibling = await database.sibling(database.reader if role == "reader" else "super")
+    try:
+        async with connector_for(role, schemas=["public"]) as connector:
+            outcomes = await _try_all(connector, BYPASS_CORPUS)
+        assert await sibling.fetchval("SELECT 1") == 1
+    finally:
+        await sibling.close()
+    early = ("read_only_violation", "schema_not_allowed")
+    late = {sql: code for sql, code in outcomes.items() if code not in early}
+    assert late == {}
     assert await database.snapshot() == before
 
 
-async def test_corpus_with_the_parser_switched_off(
-    connector_for: Callable[..., PostgreSQLConnector], database: Database
+@pytest.mark.parametrize("role", ["reader", "super"])
+@pytest.mark.parametrize("layer", LAYERS)
+async def test_each_layer_alone(
+    connector_for: Callable[..., PostgreSQLConnector],
+    database: Database,
+    layer: str,
+    role: str,
 ) -> None:
-    """A role that owns the table and the parser off: the server layers alone stop every write."""
+    """One layer on, the others off: it refuses every attempt it owns, and nothing changes.
+
+    On the superuser the role layer alone refuses the source outright.
+    """
+    owned = [a.sql for a in ATTEMPTS if layer in a.stops]
     before = await database.snapshot()
-    outcomes: dict[str, str] = {}
-    async with connector_for("writer", parser=False, statement_timeout=1) as connector:
-        for sql in BYPASS_CORPUS:
-            try:
-                await connector.execute_query(sql)
-                outcomes[sql] = "ran"
-            except DataSourceError as exc:
-                outcomes[sql] = exc.code
-            assert await database.snapshot() == before, f"changed by: {sql}"
-        # The pool is still healthy after all of that.
-        result = await connector.execute_query("SELECT count(*) FROM canary")
-        assert result.rows == [[50]]
-    refused = [sql for sql, outcome in outcomes.items() if outcome != "ran"]
-    assert len(refused) >= 40, outcomes
-    for sql in (
-        "DELETE FROM canary",
-        "SELECT 1; DELETE FROM canary",
-        "SELECT nextval('canary_seq')",
-    ):
-        assert outcomes[sql] != "ran"
+    sibling = await database.sibling(database.reader if role == "reader" else "super")
+    try:
+        async with connector_for(
+            role, layers=[layer], schemas=["public"], statement_timeout=1
+        ) as connector:
+            outcomes = await _try_all(connector, owned)
+            ran = [sql for sql, outcome in outcomes.items() if outcome == "ran"]
+            assert ran == [], ran
+            if role == "super" and layer == "role":
+                assert set(outcomes.values()) == {"privileged_role"}
+            else:  # the pool is still healthy after all of that
+                result = await connector.execute_query("SELECT count(*) FROM canary")
+                assert result.rows == [[50]]
+        assert await sibling.fetchval("SELECT 1") == 1, "a sibling session was signalled"
+    finally:
+        await sibling.close()
+    after = await database.snapshot()
+    changed = {k for k in before if before[k] != after[k]}
+    assert not changed, {k: (before[k], after[k]) for k in changed}
 
 
 async def test_extended_protocol_refuses_stacked_statements(
     connector_for: Callable[..., PostgreSQLConnector],
 ) -> None:
-    async with connector_for("writer", parser=False) as connector:
+    async with connector_for("writer", layers=()) as connector:
         with pytest.raises(InvalidInputError) as info:
             await connector.execute_query("SELECT 1; SELECT 2")
     assert "multiple commands" in info.value.message
@@ -187,31 +287,50 @@ async def test_timeout_cancels_on_the_server_and_the_pool_recovers(
         assert (await connector.execute_query("SELECT 1")).rows == [[1]]
 
 
+async def _running(admin: asyncpg.Connection, database: Database) -> list[int]:
+    """Backends of the test database running ``SLOW`` right now."""
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query = $2",
+        database.name,
+        SLOW,
+    )
+    return [r["pid"] for r in rows]
+
+
+async def _until(condition: Callable[[], Any], what: str, seconds: float = 20) -> Any:
+    """Poll ``condition`` (an async callable) until it is truthy; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    pytest.fail(f"gave up waiting: {what}")
+
+
 async def test_cancelling_the_caller_cancels_the_server_query(
     connector_for: Callable[..., PostgreSQLConnector], database: Database
 ) -> None:
-    async with connector_for(statement_timeout=60) as connector:
-        task = asyncio.create_task(connector.execute_query(SLOW))
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        admin = await asyncpg.connect(database.admin_dsn)
-        try:
-            for _ in range(50):
-                active = await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' "
-                    "AND query = $2",
-                    database.name,
-                    SLOW,
-                )
-                if active == 0:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await admin.close()
-        assert active == 0
-        assert (await connector.execute_query("SELECT 2")).rows == [[2]]
+    """The server shows the statement running, then no longer running once we cancel."""
+    admin = await asyncpg.connect(database.admin_dsn)
+    try:
+        async with connector_for(statement_timeout=60) as connector:
+            task = asyncio.create_task(connector.execute_query(SLOW))
+            pids = await _until(lambda: _running(admin, database), "the query to start")
+            assert not task.done()
+            task.cancel()
+
+            async def stopped() -> bool:
+                return not set(pids) & set(await _running(admin, database))
+
+            # Well before the 60 s statement timeout could end it: the server stopped it.
+            await _until(stopped, "the server to stop the query", seconds=20)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await connector.execute_query("SELECT 2")).rows == [[2]]
+    finally:
+        await admin.close()
 
 
 async def test_results_are_capped_and_json_safe(
@@ -254,10 +373,89 @@ async def test_role_inspection(
     async with connector_for("reader") as reader:
         status = await reader.test_connection()
     assert status.ok and status.warnings == []
-    admin = PostgreSQLConnector({"dsn": database.admin_dsn.rsplit("/", 1)[0] + f"/{database.name}"})
-    async with admin:
+    async with connector_for("super") as admin:  # the operator allowed it: a warning
         status = await admin.test_connection()
-    assert any("superuser" in w for w in status.warnings)
+    assert status.ok and any("superuser" in w for w in status.warnings)
+
+
+async def _grant(database: Database, *statements: str) -> None:
+    admin = await asyncpg.connect(database.url)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    ("grant", "reason"),
+    [
+        (None, "is a superuser"),
+        ("GRANT pg_read_server_files TO {role}", "pg_read_server_files"),
+        ("GRANT pg_write_server_files TO {role}", "pg_write_server_files"),
+        ("GRANT pg_execute_server_program TO {role}", "pg_execute_server_program"),
+        ("GRANT pg_signal_backend TO {role}", "pg_signal_backend"),
+        ("GRANT EXECUTE ON FUNCTION pg_read_file(text) TO {role}", "pg_read_file(text)"),
+    ],
+)
+async def test_privileged_roles_are_refused_unless_the_operator_allows_them(
+    database: Database, grant: str | None, reason: str
+) -> None:
+    from datasources.registry import DataSourceRegistry
+
+    if grant is None:
+        config = database.config("super")
+    else:
+        await _grant(database, grant.format(role=database.reader))
+        config = database.config(database.reader)
+    refused = PostgreSQLConnector(config, source_id="pg")
+    async with refused:
+        status = await refused.test_connection()
+        assert not status.ok and status.details["error"] == "privileged_role"
+        assert reason in status.message and database.password not in status.message
+        with pytest.raises(PermissionDeniedError, match="least-privilege"):
+            await refused.execute_query("SELECT 1")
+    # The opt-in is the operator's (settings → registry), never a field of the config.
+    with pytest.raises(ConfigurationError):
+        PostgreSQLConnector({**config, "allow_privileged_role": True})
+    source = {"name": "pg", "type": "postgresql", "config": config}
+    async with DataSourceRegistry() as registry:  # refused at registration
+        with pytest.raises(PermissionDeniedError) as refusal:
+            await registry.register_data_source(source)
+        assert refusal.value.code == "privileged_role" and reason in refusal.value.message
+        assert await registry.list_data_sources() == []
+    async with DataSourceRegistry(allow_privileged_roles=True) as registry:
+        await registry.register_data_source(source)
+        status = await registry.test_data_source("pg")
+        assert status.ok and any(reason in w for w in status.warnings)
+        async with registry.get_connector("pg") as connector:
+            assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+
+
+async def test_a_role_made_privileged_after_registration_is_refused(database: Database) -> None:
+    """Every new connection checks again: a grant made after registration is caught."""
+    from datasources.registry import DataSourceRegistry
+
+    async with DataSourceRegistry() as registry:
+        source = {"name": "pg", "type": "postgresql", "config": database.config(database.reader)}
+        await registry.register_data_source(source)
+        assert (await registry.test_data_source("pg")).ok
+        await _grant(database, f"GRANT pg_signal_backend TO {database.reader}")
+        status = await registry.test_data_source("pg")
+        assert not status.ok and status.details["error"] == "privileged_role"
+        # Unreachable at registration: registered, and checked when it connects.
+        down = {**database.config(database.reader), "port": 1, "connect_timeout": 2}
+        await registry.register_data_source({"name": "down", "type": "postgresql", "config": down})
+
+
+async def test_the_operator_opt_in_comes_from_settings(tmp_path: Path) -> None:
+    from datasources.config import Settings
+    from datasources.registry import DataSourceRegistry
+
+    for value, expected in (("true", True), ("false", False)):
+        settings = Settings(home=tmp_path, allow_privileged_database_roles=value)  # type: ignore[arg-type]
+        registry = DataSourceRegistry.from_settings(settings, enforce_outbound=True)
+        assert registry._shared.allow_privileged_roles is expected
 
 
 async def test_missing_database_and_unreachable_server(database: Database) -> None:
@@ -359,7 +557,7 @@ async def test_schema_inspection(
         await owner.close()
     async with connector_for() as connector:
         schema = await connector.get_schema()
-        assert schema.schemas == ["public"]
+        assert schema.schemas == ["hidden", "public"]
         tables = {t.name: t for t in schema.tables}
         assert tables["order_totals"].kind == "materialized_view"
         assert tables["canary_view"].kind == "view"
@@ -561,3 +759,97 @@ class TestPostgreSQLContract(DatabaseContract):
     @pytest.fixture
     def secret_values(self, database: Database) -> list[str]:
         return [database.password]
+
+
+@pytest.mark.parametrize(
+    "rootcert",
+    ["/etc/passwd", "/etc/hostname", "/no/such/file", "/etc/shadow", "-----BEGIN CERTIFICATE-----"],
+)
+async def test_sslrootcert_is_never_a_server_path(database: Database, rootcert: str) -> None:
+    """A path (or broken PEM) is refused at registration as a 4xx error, the same for every
+    path: no server file is read for an API user, so none can be probed."""
+    from datasources.netpolicy import OutboundPolicy
+    from datasources.registry import DataSourceRegistry
+
+    policy = OutboundPolicy(allow_private_networks=True)
+    for config in (
+        database.config(database.reader, sslmode="verify-ca", sslrootcert=rootcert),
+        {"dsn": f"postgresql://u@{database.host}/d?sslmode=verify-ca&sslrootcert={rootcert}"},
+    ):
+        async with DataSourceRegistry(outbound=policy) as registry:
+            with pytest.raises(ConfigurationError) as info:
+                source = {"name": "pg", "type": "postgresql", "config": config}
+                await registry.register_data_source(source)
+        message = info.value.message
+        assert "sslrootcert" in message and "root:" not in message
+        assert rootcert not in message or rootcert.startswith("-----")
+
+
+def _one_ca_certificate() -> str:
+    import certifi
+
+    return Path(certifi.where()).read_text()
+
+
+async def test_sslrootcert_takes_the_certificate_itself(database: Database) -> None:
+    bundle = _one_ca_certificate()
+    pem = bundle[bundle.index("-----BEGIN CERTIFICATE-----") :]
+    pem = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    for value in (pem, "system"):
+        config = PostgreSQLConnector.validate_config(
+            database.config(database.reader, sslmode="verify-full", sslrootcert=value)
+        )
+        await PostgreSQLConnector.check_config(config)
+
+
+async def test_unqualified_names_resolve_as_the_server_resolves_them(
+    connector_for: Callable[..., PostgreSQLConnector], database: Database
+) -> None:
+    """With ``hidden`` first on the role's search path, ``data`` is hidden.data: refused."""
+    await _grant(database, f"ALTER ROLE {database.reader} SET search_path = hidden, public")
+    async with connector_for(schemas=["public"]) as connector:
+        with pytest.raises(PermissionDeniedError) as info:
+            await connector.execute_query("SELECT * FROM data")
+        assert info.value.code == "schema_not_allowed" and "hidden.data" in info.value.message
+        # canary resolves to public.canary along the same path, and CTEs shadow.
+        assert (await connector.execute_query("SELECT count(*) FROM canary")).rows == [[50]]
+        shadowed = await connector.execute_query("WITH data AS (SELECT 1 AS x) SELECT * FROM data")
+        assert shadowed.rows == [[1]]
+        # A relation newer than the connector's catalog facts is not read past the check.
+        await _grant(
+            database,
+            f"SET ROLE {database.writer}",
+            "CREATE TABLE hidden.late AS SELECT 'late secret' AS v",
+            f"GRANT SELECT ON hidden.late TO {database.reader}",
+        )
+        with pytest.raises(PermissionDeniedError) as late:
+            await connector.execute_query("SELECT * FROM late")
+        assert late.value.code == "schema_not_allowed"
+    async with connector_for(schemas=["public", "hidden"]) as connector:
+        assert (await connector.execute_query("SELECT * FROM data")).rows == [["top secret"]]
+
+
+async def test_a_long_statement_is_parsed_off_the_event_loop(
+    connector_for: Callable[..., PostgreSQLConnector],
+) -> None:
+    """Parsing costs about 1 ms a kilobyte: the loop keeps serving while a long one parses."""
+    sql = "SELECT 1 WHERE " + " OR ".join(f"{i} = {i} + 0" for i in range(12_000))
+    assert 200_000 < len(sql) < 256 * 1024
+    async with connector_for() as connector:
+        await connector.execute_query("SELECT 1")  # the catalog is loaded
+        ticks, done = 0, False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        await connector._guard(sql)
+        during = ticks - before
+        done = True
+        await task
+    assert during > 10, during

@@ -51,13 +51,15 @@ INSERT INTO canary VALUES (1), (2);
 
 
 @pytest.fixture
-async def connector(postgres_database: str) -> AsyncIterator[PostgreSQLConnector]:
+async def connector(
+    postgres_database: str, postgres_reader: str
+) -> AsyncIterator[PostgreSQLConnector]:
     conn = await asyncpg.connect(postgres_database)
     try:
         await conn.execute(TYPES)
     finally:
         await conn.close()
-    async with PostgreSQLConnector({"dsn": postgres_database}, source_id="pg") as connector:
+    async with PostgreSQLConnector({"dsn": postgres_reader}, source_id="pg") as connector:
         yield connector
 
 
@@ -146,7 +148,7 @@ async def test_query_export_parameters_limits_and_csv(
 async def test_export_refuses_writes_with_or_without_the_parser(
     connector: PostgreSQLConnector, tmp_path: Path, postgres_database: str, parser: bool
 ) -> None:
-    connector.parser_check = parser
+    connector.parser_check = connector.catalog_check = parser  # the guard's two layers
     attempts = [
         "DELETE FROM canary RETURNING id",
         "SELECT 1; DELETE FROM canary",
@@ -196,11 +198,11 @@ async def test_hostile_filenames(connector: PostgreSQLConnector, tmp_path: Path,
 
 
 async def test_byte_limit_and_failures_leave_nothing_behind(
-    postgres_database: str, connector: PostgreSQLConnector, tmp_path: Path
+    postgres_reader: str, connector: PostgreSQLConnector, tmp_path: Path
 ) -> None:
     workspace = Workspace(tmp_path / "ws")
     async with PostgreSQLConnector(
-        {"dsn": postgres_database, "max_download_bytes": 10_000}, source_id="pg"
+        {"dsn": postgres_reader, "max_download_bytes": 10_000}, source_id="pg"
     ) as small:
         with pytest.raises(LimitExceededError):
             await small.fetch_data("public.big", workspace)

@@ -182,6 +182,9 @@ class BaseConnector(ABC, Generic[ConfigT]):
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     target_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that say *where* to connect: changing one invalidates a masked secret."""
+    allow_privileged_role: bool = False
+    """Operator opt-in (never from a source's config): credentials with more than read
+    rights may be used. Connectors that can tell (PostgreSQL) refuse them otherwise."""
 
     def __init__(
         self,
@@ -228,6 +231,21 @@ class BaseConnector(ABC, Generic[ConfigT]):
         Connectors that reach a network host or a local folder override this; the
         registry calls it when a source is registered or changed under a policy, and
         :attr:`outbound` holds the policy while the connector connects.
+        """
+
+    @classmethod
+    async def check_access(
+        cls,
+        config: ConnectorConfig,
+        *,
+        outbound: OutboundPolicy | None = None,
+        allow_privileged_role: bool = False,
+    ) -> None:
+        """Refuse, at registration, credentials with more than read rights (when it can tell).
+
+        Connectors that can ask their server what a credential may do override this (the
+        registry calls it when a source is registered or changed); a target that cannot
+        be reached now is not refused here, as every connection checks again.
         """
 
     @classmethod

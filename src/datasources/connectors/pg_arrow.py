@@ -46,10 +46,36 @@ _SCALARS: dict[int, pa.DataType] = {
     26: pa.uint32(),  # oid
     700: pa.float32(),
     701: pa.float64(),
-    1082: pa.date32(),
-    1083: pa.time64("us"),
-    1114: pa.timestamp("us"),
-    1184: pa.timestamp("us", tz="UTC"),
+}
+# Dates, times and timestamps travel as integers (days or microseconds since 1970) that
+# the server computes and clamps to what the Arrow type holds, so infinity, BC dates and
+# years past 9999 arrive instead of failing the CSV reader: ±infinity (and the last
+# ~30,000 years of PostgreSQL's timestamp range, beyond int64 microseconds since 1970)
+# become the type's largest/smallest value, which no finite value in range reaches;
+# 24:00:00 becomes 23:59:59.999999.
+_TEMPORAL: dict[int, tuple[pa.DataType, pa.DataType, str]] = {
+    1082: (
+        pa.date32(),
+        pa.int32(),
+        "greatest(least(extract(epoch FROM {ref}) / 86400, 2147483647), -2147483648)::int4",
+    ),
+    1083: (
+        pa.time64("us"),
+        pa.int64(),
+        "least(extract(epoch FROM {ref}) * 1000000, 86399999999)::int8",
+    ),
+    1114: (
+        pa.timestamp("us"),
+        pa.int64(),
+        "greatest(least(extract(epoch FROM {ref}) * 1000000, 9223372036854775807), "
+        "-9223372036854775808)::int8",
+    ),
+    1184: (
+        pa.timestamp("us", tz="UTC"),
+        pa.int64(),
+        "greatest(least(extract(epoch FROM {ref}) * 1000000, 9223372036854775807), "
+        "-9223372036854775808)::int8",
+    ),
 }
 _NUMERIC, _UUID, _BYTEA, _JSON, _JSONB = 1700, 2950, 17, 114, 3802
 
@@ -144,6 +170,19 @@ def plan_columns(
         pg_type = type_name
         if oid in _SCALARS:
             plans.append(ColumnPlan(name, pg_type, ref, _SCALARS[oid], _SCALARS[oid]))
+        elif oid in _TEMPORAL:
+            arrow_type, carried, expression = _TEMPORAL[oid]
+            plans.append(
+                ColumnPlan(
+                    name,
+                    pg_type,
+                    # greatest/least skip NULLs, so a NULL is kept NULL explicitly.
+                    f"CASE WHEN {ref} IS NOT NULL THEN {expression.format(ref=ref)} END",
+                    carried,
+                    arrow_type,
+                    functools.partial(pc.cast, target_type=arrow_type),
+                )
+            )
         elif oid == _NUMERIC and (decimal := numeric_type(typmod)) is not None:
             precision, scale = decimal.precision, decimal.scale
             pg_type = f"numeric({precision},{scale})"

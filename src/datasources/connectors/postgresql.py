@@ -1,14 +1,22 @@
 """PostgreSQL: read-only in depth.
 
-Every query passes four independent layers, each tested with the others switched off:
+Every query passes independent layers, each tested alone with the others switched off:
 
-1. :func:`datasources.sql_guard.check_read_only` — a parser check (``parser_check``);
-2. the extended protocol (a prepared statement), so a second statement never rides along;
-3. a ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout`` and
+1. the statement, read by PostgreSQL's own parser (:func:`datasources.sql_guard.analyse`,
+   ``parser_check``): one plain read, nothing that writes or locks;
+2. the catalog (:class:`datasources.sql_guard.Catalog`, ``catalog_check``): every
+   function, operator and cast by allow-list from this server's ``pg_proc``, and every
+   relation inside the source's ``schemas``; the facts are loaded once per connector;
+3. the extended protocol (a prepared statement), so a second statement never rides along;
+4. a ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout`` and
    ``idle_in_transaction_session_timeout``, on connections opened with
-   ``default_transaction_read_only=on``; the transaction is always rolled back;
-4. the role: ``test_connection`` warns when it can write (superuser, server-file roles,
-   INSERT/UPDATE/DELETE on visible tables).
+   ``default_transaction_read_only=on``; the transaction is always rolled back
+   (``transaction_check``);
+5. the role (``privilege_check``): every new server connection is refused when its role is
+   a superuser, can read or write server files, run programs or signal other sessions
+   (or holds such functions by grant), unless the operator opts in
+   (``allow_privileged_role``, from ``DATASOURCES_ALLOW_PRIVILEGED_DATABASE_ROLES``);
+   ``test_connection`` reports it and warns when the role can write tables.
 
 Only an allow-list of connection parameters is accepted: ``passfile``, ``service``,
 ``options``, ``sslkeylogfile`` and anything else that reads local files or changes
@@ -26,9 +34,9 @@ import decimal
 import functools
 import hashlib
 import ipaddress
-import itertools
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -41,6 +49,7 @@ import asyncpg
 import pyarrow as pa
 from pydantic import Field, SecretStr, model_validator
 
+from datasources.connectors import pg_values
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
@@ -81,7 +90,19 @@ from datasources.query_models import (
     TableProfile,
     ValueCount,
 )
-from datasources.sql_guard import ReadOnlyViolation, check_read_only
+from datasources.sql_guard import (
+    CASTS_SQL,
+    CATALOG_SQL,
+    OPERATORS_SQL,
+    RELATIONS_SQL,
+    SEARCH_PATH_SQL,
+    TYPES_SQL,
+    Catalog,
+    ReadOnlyViolation,
+    Statement,
+    analyse,
+    parameter_spans,
+)
 from datasources.workspace import AsyncAtomicWriter, Workspace
 
 __all__ = ["PostgreSQLConfig", "PostgreSQLConnector", "QueryColumn", "QueryResult", "parse_dsn"]
@@ -108,6 +129,31 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 def _config_error(field: str, problem: str) -> ConfigurationError:
     return ConfigurationError.from_fields([(field, problem)], prefix=_PREFIX)
+
+
+_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+_MAX_ROOTCERT_CHARS = 256 * 1024
+
+
+def _ca_context(rootcert: str | None) -> ssl.SSLContext:
+    """The TLS context that trusts ``rootcert``: PEM text, ``system``, or none (system).
+
+    A source's config comes from API users, so ``sslrootcert`` is never a path: reading
+    a server file on their behalf would tell them which files exist and what they hold.
+    The certificate itself is given as PEM text.
+    """
+    if rootcert is None or rootcert == "system":
+        return ssl.create_default_context()
+    if len(rootcert) > _MAX_ROOTCERT_CHARS or _PEM_CERTIFICATE not in rootcert:
+        raise _config_error(
+            "sslrootcert",
+            "must be the CA certificate itself as PEM text (-----BEGIN CERTIFICATE-----…) "
+            "or 'system'; file paths are not read",
+        )
+    try:
+        return ssl.create_default_context(cadata=rootcert)
+    except (ssl.SSLError, ValueError):
+        raise _config_error("sslrootcert", "is not a valid PEM certificate") from None
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:
@@ -163,7 +209,10 @@ class PostgreSQLConfig(ConnectorConfig):
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
         None
     )
-    sslrootcert: str | None = None
+    sslrootcert: str | None = Field(
+        default=None,
+        description="The CA certificate as PEM text, or 'system'; never a file path.",
+    )
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     application_name: str = Field(default="datasources", max_length=63)
     statement_timeout: float = Field(default=30.0, gt=0, le=86400)
@@ -205,6 +254,8 @@ class PostgreSQLConfig(ConnectorConfig):
             params["sslrootcert"] = self.sslrootcert
         if params.get("sslmode") and params["sslmode"] not in _SSLMODES:
             raise _config_error("sslmode", "is not a libpq sslmode")
+        if "sslrootcert" in params:
+            _ca_context(params["sslrootcert"])  # PEM text or 'system', never a path
         for needed in ("host", "dbname", "user"):
             if not params.get(needed):
                 raise _config_error("dsn", f"does not name a {needed}")
@@ -297,6 +348,8 @@ ExportFormat = Literal["parquet", "csv"]
 _PIPE_CHUNK = 1 << 20
 
 
+_INLINE_PARSE_CHARS = 4096
+_CANCEL_ATTEMPTS = 40  # quarter seconds: ten seconds for a cancelled statement to stop
 _END_SQL = "ROLLBACK; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL"
 
 
@@ -372,31 +425,23 @@ def _export_format(value: str) -> str:
 def _inline_parameters(sql: str, literals: Sequence[str]) -> str:
     """Put server-quoted literals in place of the ``$n`` tokens of ``sql``.
 
-    The tokenizer tells parameters from look-alikes inside strings, dollar quotes and
-    comments, which a regular expression cannot.
+    The server's own scanner tells parameters from look-alikes inside strings, dollar
+    quotes and comments, which a regular expression cannot.
     """
-    from sqlglot.dialects.postgres import Postgres
-    from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
-
-    try:
-        tokens = Postgres().tokenize(sql)
-    except Exception as exc:
-        raise InvalidInputError(f"The statement could not be tokenized: {exc}") from None
-    spans: list[tuple[int, int, str]] = []
-    for current, following in itertools.pairwise(tokens):
-        if (
-            current.token_type == TokenType.PARAMETER
-            and following.token_type == TokenType.NUMBER
-            and following.start == current.end + 1
-            and following.text.isdigit()
-        ):
-            index = int(following.text) - 1
-            if not 0 <= index < len(literals):
-                raise InvalidInputError(f"No value for parameter ${following.text}.")
-            spans.append((current.start, following.end + 1, literals[index]))
-    for start, end, literal in reversed(spans):
-        sql = f"{sql[:start]}{literal}{sql[end:]}"
+    spans = parameter_spans(sql)
+    for _start, _end, number in spans:
+        if not 1 <= number <= len(literals):
+            raise InvalidInputError(f"No value for parameter ${number}.")
+    for start, end, number in reversed(spans):
+        sql = f"{sql[:start]}{literals[number - 1]}{sql[end:]}"
     return sql
+
+
+class PrivilegedRole(PermissionDeniedError):
+    """The source's role can do more than read; the operator has not allowed that."""
+
+    code = "privileged_role"
+    default_message = "The database role of this source is privileged."
 
 
 _TABLE_KINDS = {
@@ -416,15 +461,34 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     secret_fields = frozenset({"password", "dsn"})
     target_fields = frozenset({"host", "port", "database", "user"})
     parser_check: bool = True
-    """Layer 1. Tests switch it off to prove the server layers hold alone."""
+    """Layer 1, the statement. Tests switch layers off to prove each holds alone."""
+    catalog_check: bool = True
+    """Layer 2, functions and schemas by the server's catalog."""
+    transaction_check: bool = True
+    """Layer 4, the read-only transaction and session default."""
+    privilege_check: bool = True
+    """Layer 5, refusing privileged roles (unless ``allow_privileged_role``)."""
+    catalog_ttl: ClassVar[float] = 300.0
+    """Seconds catalog facts are reused; an unknown name reloads them sooner."""
 
     schema_ttl: ClassVar[float] = 300.0
     """Seconds a schema inspection is reused before ``get_schema`` runs it again."""
 
-    def __init__(self, config: PostgreSQLConfig | dict[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: PostgreSQLConfig | dict[str, Any],
+        *,
+        allow_privileged_role: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(config, **kwargs)
+        if allow_privileged_role:
+            self.allow_privileged_role = True
         self._pool: Any = None
         self._schema_cache: dict[tuple[str, ...] | None, SchemaInfo] = {}
+        self._catalog: Catalog | None = None
+        self._catalog_at = 0.0
+        self._catalog_lock = asyncio.Lock()
         self._releasing: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -437,6 +501,41 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         assert isinstance(config, PostgreSQLConfig)
         params = config.connection_params()
         await policy.resolve(params["host"], int(params.get("port", "5432")))
+
+    @classmethod
+    async def check_access(
+        cls,
+        config: ConnectorConfig,
+        *,
+        outbound: OutboundPolicy | None = None,
+        allow_privileged_role: bool = False,
+    ) -> None:
+        """Connect once and refuse a privileged role (:class:`PrivilegedRole`, 403).
+
+        A server that cannot be reached now (or refuses the credentials) is not a reason
+        to refuse the source: every connection it opens later checks again.
+        """
+        if allow_privileged_role:
+            return
+        assert isinstance(config, PostgreSQLConfig)
+        probe = config.model_copy(
+            update={
+                "connect_timeout": min(config.connect_timeout, 5.0),
+                "pool_min_size": 0,
+                "pool_max_size": 1,
+            }
+        )
+        connector = cls(probe, source_id="registration", outbound=outbound)
+        try:
+            async with (
+                connector,
+                connector._require_pool().acquire(timeout=probe.connect_timeout),
+            ):
+                pass  # the pool's init step has checked the role
+        except PrivilegedRole:
+            raise
+        except (DataSourceError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -460,7 +559,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             "password": params.get("password"),
             "timeout": float(params.get("connect_timeout", self.config.connect_timeout)),
             "server_settings": {
-                "default_transaction_read_only": "on",
+                "default_transaction_read_only": "on" if self.transaction_check else "off",
                 "application_name": params.get("application_name", self.config.application_name),
             },
             "min_size": self.config.pool_min_size,
@@ -468,6 +567,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             # _end() rolls back and resets the session in one round trip; asyncpg's own
             # reset would add a second one on every release.
             "reset": _session_already_reset,
+            "init": self._init_connection,
         }
         if params.get("sslmode"):
             kwargs["ssl"] = self._ssl(params["sslmode"], params.get("sslrootcert"))
@@ -477,12 +577,28 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             self._pool = await asyncpg.create_pool(**kwargs)
         self._connected = True
 
+    async def _init_connection(self, conn: Any) -> None:
+        """Every new server connection: the privilege layer, before anything else runs.
+
+        It also installs the decoders that return dates, times and intervals Python
+        cannot hold as PostgreSQL's text (:mod:`datasources.connectors.pg_values`).
+        """
+        await pg_values.install(conn)
+        if not self.privilege_check or self.allow_privileged_role:
+            return
+        role = await conn.fetchrow(_ROLE_SQL)
+        reasons = _privileges(role)
+        if reasons:
+            raise PrivilegedRole(
+                f"The role {role['rolname']!r} of source {self.source_id!r} "
+                f"{'; '.join(reasons)}: use a least-privilege role (the operator can allow "
+                "privileged roles with DATASOURCES_ALLOW_PRIVILEGED_DATABASE_ROLES=true)."
+            )
+
     @staticmethod
     def _ssl(mode: str, rootcert: str | None) -> Any:
         if mode in ("verify-ca", "verify-full"):
-            import ssl
-
-            context = ssl.create_default_context(cafile=rootcert)
+            context = _ca_context(rootcert)
             context.check_hostname = mode == "verify-full"
             return context
         return mode
@@ -548,6 +664,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         except asyncpg.PostgresError as exc:
             logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
             raise InvalidInputError(f"PostgreSQL refused the {what}: {exc}") from None
+        except (asyncpg.InternalClientError, asyncpg.exceptions.UnsupportedClientFeatureError):
+            # The driver cannot read a column's type (a record of some built-in types).
+            raise InvalidInputError(
+                f"The {what} returns a value the driver cannot read; cast that column to text."
+            ) from None
         except (asyncpg.InterfaceError, OSError, builtins.TimeoutError) as exc:
             logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
             raise UnavailableError(
@@ -570,8 +691,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         timeout: float | None = None,
     ) -> QueryResult:
         """Run one read-only statement through every layer; at most ``max_rows`` rows."""
-        if self.parser_check:
-            check_read_only(sql)
+        await self._guard(sql)
         limit = max_rows or self.config.max_rows
         if not 1 <= limit <= 10_000_000:
             raise InvalidInputError("max_rows must be between 1 and 10,000,000.")
@@ -599,6 +719,65 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             elapsed_ms=(time.perf_counter() - start) * 1000,
         )
 
+    async def _guard(self, sql: str) -> None:
+        """Layers 1 and 2: the statement, then its functions and relations by the catalog."""
+        if not (self.parser_check or self.catalog_check):
+            return
+        # Unparseable text is refused by either layer. Parsing is CPU-bound (about 1 ms
+        # per kilobyte): a long statement is parsed in a worker thread, off the loop.
+        if len(sql) > _INLINE_PARSE_CHARS:
+            statement = await asyncio.to_thread(analyse, sql)
+        else:
+            statement = analyse(sql)
+        if self.parser_check and statement.problem is not None:
+            raise ReadOnlyViolation(statement.problem)
+        if self.catalog_check:
+            catalog = await self._catalog_for(statement)
+            catalog.check(statement, self.config.schemas)
+
+    async def _catalog_for(self, statement: Statement) -> Catalog:
+        """This server's catalog facts, loaded once and again when stale or missing a name.
+
+        An unknown name reloads at most once a second, so a stream of made-up names costs
+        no more than that; a name still unknown after the reload is refused.
+        """
+        now = time.monotonic()
+        catalog = self._catalog
+        if (
+            catalog is not None
+            and now - self._catalog_at < self.catalog_ttl
+            and (
+                (
+                    (catalog.judged(statement) or catalog.knows(statement))
+                    and (self.config.schemas is None or catalog.knows_relations(statement))
+                )
+                or now - self._catalog_at < 1.0
+            )
+        ):
+            return catalog
+        async with self._catalog_lock:
+            if self._catalog is not catalog and self._catalog is not None:
+                return self._catalog
+            with self._errors("catalog lookup"):
+                async with self._require_pool().acquire(
+                    timeout=self.config.connect_timeout
+                ) as conn:
+                    await self._begin(conn, self.config.statement_timeout)
+                    try:
+                        functions = await conn.fetch(CATALOG_SQL)
+                        operators = await conn.fetch(OPERATORS_SQL)
+                        casts = await conn.fetch(CASTS_SQL)
+                        relations = await conn.fetch(RELATIONS_SQL)
+                        types = await conn.fetch(TYPES_SQL)
+                        search_path = await conn.fetchval(SEARCH_PATH_SQL)
+                    finally:
+                        await self._end(conn)
+            self._catalog = Catalog.from_rows(
+                functions, operators, casts, relations, list(search_path), types
+            )
+            self._catalog_at = time.monotonic()
+            return self._catalog
+
     async def _run(
         self, sql: str, params: Sequence[Any] | None, limit: int, seconds: float
     ) -> tuple[list[QueryColumn], list[list[Any]], bool]:
@@ -623,17 +802,24 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         return columns, rows, truncated
 
     async def _end_and_release(self, pool: Any, conn: Any) -> None:
-        await self._end(conn)
+        # The statement has finished: the rollback needs no cancel requests behind it.
+        try:
+            await conn.execute(_END_SQL)
+        except Exception:
+            await conn.close(timeout=2)
         await pool.release(conn)
 
-    @staticmethod
-    async def _begin(conn: Any, seconds: float, *, snapshot: bool = False, extra: str = "") -> None:
+    async def _begin(
+        self, conn: Any, seconds: float, *, snapshot: bool = False, extra: str = ""
+    ) -> None:
         """Open the read-only transaction and set its limits, in one round trip."""
         ms = max(int(seconds * 1000), 1)
-        isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
+        isolation = "ISOLATION LEVEL REPEATABLE READ" if snapshot else ""
+        mode = "READ ONLY" if self.transaction_check else "READ WRITE"
+        modes = ", ".join(m for m in (isolation, mode) if m)
         # Our own constant text: the user's SQL only ever goes through prepare().
         await conn.execute(
-            f"BEGIN TRANSACTION {isolation}READ ONLY; "
+            f"BEGIN TRANSACTION {modes}; "
             f"SET LOCAL statement_timeout = {ms}; "
             f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
             + (f"; {extra}" if extra else "")
@@ -646,9 +832,25 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         Session advisory locks, WITH HOLD cursors, LISTEN and session settings are what a
         statement could leave behind with the parser switched off; ``RESET ALL`` returns
         settings to the connection's start-up values (``default_transaction_read_only=on``).
+
+        When the caller was cancelled mid-statement, asyncpg sends one cancel request; one
+        that reaches the server between protocol messages is dropped, and the statement
+        would then run on until its timeout. So while the rollback waits, a cancel request
+        is sent again every quarter second; a connection that still does not answer is
+        terminated.
         """
+        end = asyncio.ensure_future(conn.execute(_END_SQL))
         try:
-            await conn.execute(_END_SQL)
+            for _ in range(_CANCEL_ATTEMPTS):
+                done, _pending = await asyncio.wait({end}, timeout=0.25)
+                if done:
+                    end.result()
+                    return
+                cancel = getattr(conn, "_cancel_current_command", None)
+                if cancel is not None:
+                    cancel(asyncio.get_running_loop().create_future())
+            end.cancel()
+            conn.terminate()
         except Exception:
             # The connection broke: make sure it is not lent again.
             await conn.close(timeout=2)
@@ -667,19 +869,23 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                     version = await conn.fetchval("SHOW server_version")
                     role = await conn.fetchrow(_ROLE_SQL)
                     writable = await conn.fetch(_WRITABLE_SQL)
-        except (AuthenticationError, NotFoundError, UnavailableError, TimeoutError) as exc:
+        except (
+            AuthenticationError,
+            NotFoundError,
+            UnavailableError,
+            TimeoutError,
+            PrivilegedRole,
+        ) as exc:
             return ConnectionStatus(
                 ok=False,
                 latency_ms=(time.perf_counter() - start) * 1000,
                 message=exc.message,
                 details={"error": exc.code},
             )
-        warnings: list[str] = []
-        if role["rolsuper"]:
-            warnings.append("This role is a superuser: it can write; use a read-only role.")
-        for name in ("pg_write_server_files", "pg_execute_server_program", "pg_read_server_files"):
-            if role[name]:
-                warnings.append(f"This role is a member of {name}; use a read-only role.")
+        warnings = [
+            f"This role {reason}; the operator allowed privileged roles."
+            for reason in _privileges(role)
+        ]
         if writable:
             names = ", ".join(
                 f"{r['privilege']} on {r['schema']}.{r['table']}" for r in writable[:10]
@@ -794,8 +1000,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             schema, table = self._split_table(path_or_sql.strip())
             source_sql = f"SELECT * FROM {_ident(schema)}.{_ident(table)}"
         else:
-            if self.parser_check:
-                check_read_only(path_or_sql)
+            await self._guard(path_or_sql)
             source_sql = path_or_sql.strip().rstrip(";")
         with self._errors("profile"):
             async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
@@ -1089,8 +1294,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         asyncpg does not expose a query's type modifiers, so a numeric column is exported
         as exact text unless ``decimals`` declares its ``(precision, scale)`` by name.
         """
-        if self.parser_check:
-            check_read_only(sql)
+        await self._guard(sql)
         fmt = _export_format(format)
         workspace = Workspace.of(workspace_dir)
         if filename is None:
@@ -1191,8 +1395,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             )
             literals = list(await conn.fetchrow(f"SELECT {casts}", *given))
             inner = _inline_parameters(inner, literals)
-            if self.parser_check:
-                check_read_only(inner)
+            await self._guard(inner)
             statement = await conn.prepare(inner)
             if statement.get_parameters():
                 raise InvalidInputError("Could not place every parameter of the statement.")
@@ -1339,14 +1542,46 @@ WHERE s.schemaname = $1 AND s.tablename = $2 AND NOT s.inherited
 ORDER BY a.attnum
 """
 
-_ROLE_SQL = """
+# Roles and functions that reach past the database: server files, programs, signals.
+_PRIVILEGED_ROLES = (
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_signal_backend",
+)
+# Superuser-only by default; a direct GRANT EXECUTE on one is the same power as the role.
+_PRIVILEGED_FUNCTIONS = (
+    "pg_read_file(text)",
+    "pg_read_binary_file(text)",
+    "pg_ls_dir(text)",
+    "pg_stat_file(text)",
+    "lo_import(text)",
+    "lo_export(oid, text)",
+    "pg_reload_conf()",
+    "pg_rotate_logfile()",
+    "pg_stat_reset()",
+    "pg_promote(boolean, integer)",
+)
+_ROLE_SQL = f"""
 SELECT r.rolname, r.rolsuper,
-       pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') AS pg_write_server_files,
-       pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')
-           AS pg_execute_server_program,
-       pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') AS pg_read_server_files
+       ARRAY(SELECT g FROM unnest(ARRAY{list(_PRIVILEGED_ROLES)!r}::text[]) g
+             WHERE pg_has_role(current_user, g, 'MEMBER')) AS roles,
+       ARRAY(SELECT f FROM unnest(ARRAY{list(_PRIVILEGED_FUNCTIONS)!r}::text[]) f
+             WHERE has_function_privilege(current_user, ('pg_catalog.' || f)::regprocedure,
+                                          'EXECUTE')) AS functions
 FROM pg_roles r WHERE r.rolname = current_user
 """
+
+
+def _privileges(role: Mapping[str, Any]) -> list[str]:
+    """Why a role (a row of ``_ROLE_SQL``) is privileged; empty when it is not."""
+    if role["rolsuper"]:
+        return ["is a superuser"]
+    reasons = [f"is a member of {name}" for name in role["roles"]]
+    if role["functions"]:
+        reasons.append(f"may execute {', '.join(role['functions'])}")
+    return reasons
+
 
 _WRITABLE_SQL = """
 SELECT n.nspname AS schema, c.relname AS table, p.privilege
