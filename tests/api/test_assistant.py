@@ -151,7 +151,7 @@ async def test_an_unreachable_model_is_a_clear_error(
 
 
 async def test_no_value_of_a_non_sharing_source_reaches_the_model(
-    tmp_path: Path, live_server_factory: Any, postgres_database: str
+    tmp_path: Path, live_server_factory: Any, postgres_database: str, postgres_reader: str
 ) -> None:
     """Values of a source without share_samples_with_llm reach the user, never the model:
     not through SQL errors, profiles, fetch errors, stdout, tracebacks or display data."""
@@ -192,7 +192,7 @@ async def test_no_value_of_a_non_sharing_source_reaches_the_model(
     ])  # fmt: skip
     server = live_server_factory(model.app)
     async for client, auth in _app_with_model(tmp_path, model, server):
-        body = {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_database}}
+        body = {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_reader}}
         created = await client.post("/api/v1/datasources", json=body, headers=auth)
         assert created.status_code == 201, created.text
         chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
