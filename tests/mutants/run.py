@@ -193,6 +193,19 @@ def check_read_only(sql: str) -> str:  # MUTANT
         ),
         ("tests/integration/test_azure_consistency.py",),
     ),
+    Mutant(
+        "downloads-read-whole",
+        "a local file is read whole into memory before it is streamed on",
+        (
+            Edit(
+                "src/datasources/connectors/local_folder.py",
+                old="while data := await asyncio.to_thread(os.read, fd, chunk_size):",
+                new="while data := await asyncio.to_thread(os.read, fd, 1 << 30):",
+            ),
+        ),
+        ("tests/api/test_remote_sources.py",),
+        ("-k", "stream"),
+    ),
 ]
 
 
