@@ -23,6 +23,7 @@ from datasources.errors import (
 from datasources.sql_guard import ReadOnlyViolation
 from datasources.testing.contract import DatabaseContract
 from datasources.testing.readonly_corpus import ALLOWED, BYPASS_CORPUS
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -437,10 +438,27 @@ async def test_dropped_connections_are_retried_once_and_the_pool_refills(
         finally:
             await admin.close()
 
+    async def backends() -> list[int]:
+        admin = await asyncpg.connect(database.admin_dsn)
+        try:
+            rows = await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database.name,
+            )
+        finally:
+            await admin.close()
+        return [r["pid"] for r in rows]
+
     async with connector_for(pool_min_size=2, pool_max_size=2) as connector:
         assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+        before = set(await backends())
         assert await drop_everyone() >= 1  # what a server restart looks like from here
-        await asyncio.sleep(0.2)
+
+        async def all_gone() -> bool:
+            return not before & set(await backends())
+
+        # The pool's connections are really dead before the next query (not a guess).
+        await eventually(all_gone, what="the terminated backends are gone")
         assert (await connector.execute_query("SELECT count(*) FROM canary")).rows == [[50]]
         assert await connector.ping()
 
