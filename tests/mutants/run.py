@@ -120,8 +120,7 @@ def check_read_only(sql: str) -> str:  # MUTANT
 """,
             ),
         ),
-        ("tests/integration/test_postgresql.py", "tests/integration/test_postgresql_export.py"),
-        ("-k", "corpus or refus or read_only or write"),
+        ("tests/api/test_query_refs.py",),
     ),
     Mutant(
         "sql-read-write-transaction",
