@@ -170,15 +170,23 @@ def _attempts(box: Box, listener: int) -> list[tuple[str, str]]:
         ("other processes' environments",
          "import glob\nfor p in glob.glob('/proc/*/environ'):\n"
          "    try: print(open(p, 'rb').read())\n    except Exception as e: print(p, e)"),
+        # Skipped: system folders, the interpreter, and the sandbox's own /kernel (socket
+        # folder) and /tmp (private tmpfs), where reading the kernel's live files can end
+        # the session (seen: right after /tmp/.ipython/profile_default/history.sqlite).
         ("every readable file",
-         "import os\nfor top in ('/', ):\n"
-         "    for d, dirs, files in os.walk(top):\n"
-         "        dirs[:] = [x for x in dirs if os.path.join(d, x) not in "
-         "('/usr', '/proc', '/sys', '/dev', '/lib', '/lib64', '/bin', '/sbin')]\n"
-         "        for f in files:\n"
-         "            try: data = open(os.path.join(d, f), 'rb').read(1 << 20)\n"
-         "            except OSError: continue\n"
-         "            if MARK in data: print('FOUND', os.path.join(d, f), data)"
+         "import os, sys\nskip = {'/usr', '/proc', '/sys', '/dev', '/lib', '/lib64', '/bin',"
+         " '/sbin', '/kernel', '/tmp', os.path.realpath(sys.prefix),"
+         " os.path.realpath(sys.base_prefix)}\n"
+         "n = 0\nfor d, dirs, files in os.walk('/'):\n"
+         "    dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(d, x)) not in skip]\n"
+         "    for f in files:\n"
+         "        path = os.path.join(d, f)\n"
+         "        if not os.path.isfile(path): continue  # sockets, FIFOs: not files\n"
+         "        try: data = open(path, 'rb').read(1 << 20)\n"
+         "        except OSError: continue\n"
+         "        n += 1\n"
+         "        if MARK in data: print('FOUND', os.path.join(d, f), data)\n"
+         "print('searched', n, 'files')"
          .replace("MARK", repr(box.mark.encode()))),
         ("write outside outputs",
          "for p in ['data/x', '/usr/x', '/x', '/etc/x', '/workspace/x']:\n"
@@ -240,6 +248,8 @@ async def test_every_escape_is_contained_and_the_chat_goes_on(
         errors = [part for part in body["parts"] if part["type"] == "error"]
         assert errors, (label, body)
         assert not [p for p in body["parts"] if p["type"] == "stdout"], (label, body)
+    searched = outcomes["every readable file"]
+    assert not searched["timed_out"] and "searched" in searched["parts"][-1]["text"], searched
     for label in ("a busy loop", "a long sleep", "a grandchild outliving the timeout"):
         assert outcomes[label]["timed_out"] is True, label
     assert outcomes["a huge allocation"]["ok"] is False  # MemoryError, not the host's memory
