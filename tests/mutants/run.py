@@ -205,6 +205,20 @@ def check_read_only(sql: str) -> str:  # MUTANT
         ("tests/api/test_remote_sources.py",),
         ("-k", "stream"),
     ),
+    Mutant(
+        "sandbox-sees-the-key-file",
+        "the service's key file is bound into the sandbox at its own path",
+        (
+            Edit(
+                "src/datasources/sandbox/runtime.py",
+                old="*_python_binds(),",
+                new="*_python_binds(), '--ro-bind-try', "
+                "os.environ.get('DATASOURCES_HOME', '/nonexistent') + '/secret.key', "
+                "os.environ.get('DATASOURCES_HOME', '/nonexistent') + '/secret.key',",
+            ),
+        ),
+        ("tests/sandbox/test_escapes.py",),
+    ),
 ]
 
 
