@@ -202,7 +202,7 @@ def check_read_only(sql: str) -> str:  # MUTANT
                 new="while data := await asyncio.to_thread(os.read, fd, 1 << 30):",
             ),
         ),
-        ("tests/api/test_remote_sources.py",),
+        ("tests/api/test_remote_sources.py", "tests/unit/test_fetch_memory.py"),
         ("-k", "stream"),
     ),
     Mutant(
