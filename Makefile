@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench services services-stop clean
+.PHONY: run test lint bench mutants services services-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP) node_modules/.installed
 	bash scripts/install-bwrap.sh
 	bash scripts/services.sh start
 	set -a && . .cache/services.env && set +a && $(PY) -m pytest $(PYTEST_ARGS)
+
+## mutants: break the path checks, the read-only SQL layers and the quotas one at a time
+## (in a temporary copy of the tree) and show the tests catch each; MUTANTS=name to pick
+mutants: $(STAMP) node_modules/.installed
+	bash scripts/services.sh start
+	set -a && . .cache/services.env && set +a && $(PY) tests/mutants/run.py $(MUTANTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

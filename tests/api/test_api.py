@@ -291,6 +291,13 @@ async def test_concurrent_requests_share_pools(api: Api) -> None:
         *(api.request("GET", f"{SOURCES}/{source}/items") for _ in range(20))
     )
     assert {r.status_code for r in responses} == {200}
+    # One pool served all 20, lending its connectors again rather than one per request.
+    stats = [
+        s for name, s in api.app.state.registry.pool_stats().items() if name.endswith("/" + source)
+    ]
+    assert len(stats) == 1, stats
+    pool = stats[0]
+    assert pool.acquisitions >= 20 and pool.connections_created <= pool.max_size < 20, pool
 
 
 async def test_database_routes_on_a_folder_say_it_is_not_a_database(api: Api) -> None:

@@ -148,6 +148,11 @@ async def test_an_unreachable_model_is_a_clear_error(
         )
         parts = response.json()["reply"]["parts"]
     assert parts[-1]["type"] == "error" and parts[-1]["name"] == "unavailable"
+    # Clear: it says what is wrong in words, and nothing of the plumbing behind it.
+    text = parts[-1]["text"]
+    assert "model" in text and "reached" in text, text
+    for internal in ("127.0.0.1", ":9", "http", "Error", "Traceback", "httpx", "errno"):
+        assert internal not in text, text
 
 
 async def test_no_value_of_a_non_sharing_source_reaches_the_model(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 from datasources.api import create_app
 from datasources.config import ApiSettings, PoolSettings, SandboxLimits, Settings
 from datasources.credentials import generate_key
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.api, pytest.mark.integration]
 
@@ -46,14 +46,18 @@ async def test_replicas_share_keys_sources_and_revocations(
             assert (await b.get(SOURCES, headers=auth)).json()["items"] == []
             body = {"name": "f", "type": "local_folder", "config": {"root": str(tmp_path / "data")}}
             assert (await a.post(SOURCES, json=body, headers=auth)).status_code == 201
-            await asyncio.sleep(0.25)
-            await b.get(SOURCES, headers=auth)  # may still be the stale page once
-            await asyncio.sleep(0.05)
-            listed = (await b.get(SOURCES, headers=auth)).json()["items"]
-            assert [s["id"] for s in listed] == ["f"]
+
+            async def b_lists_it() -> bool:
+                listed = (await b.get(SOURCES, headers=auth)).json()["items"]
+                return [s["id"] for s in listed] == ["f"]
+
+            await eventually(b_lists_it, what="replica two lists the new source")
             assert (await b.get(f"{SOURCES}/f/items", headers=auth)).status_code == 200
             assert (await b.delete(f"{SOURCES}/f", headers=auth)).status_code == 204
             assert (await a.get(f"{SOURCES}/f", headers=auth)).status_code == 404
             await two.state.keys.revoke(key.id)
-            await asyncio.sleep(0.25)
-            assert (await a.get(SOURCES, headers=auth)).status_code == 401
+
+            async def refused() -> bool:
+                return (await a.get(SOURCES, headers=auth)).status_code == 401
+
+            await eventually(refused, what="replica one refuses the revoked key")

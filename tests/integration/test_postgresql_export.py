@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +23,7 @@ from datasources.errors import (
 )
 from datasources.sql_guard import ReadOnlyViolation
 from datasources.workspace import Workspace
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -219,7 +220,7 @@ async def test_byte_limit_and_failures_leave_nothing_behind(
 
 
 async def test_cancelling_an_export_stops_it_cleanly(
-    connector: PostgreSQLConnector, tmp_path: Path
+    connector: PostgreSQLConnector, postgres_database: str, tmp_path: Path
 ) -> None:
     workspace = Workspace(tmp_path / "ws")
     task = asyncio.create_task(
@@ -227,10 +228,25 @@ async def test_cancelling_an_export_stops_it_cleanly(
             "SELECT g, md5(g::text) FROM generate_series(1, 100000000) g", workspace
         )
     )
-    await asyncio.sleep(1.0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    admin = await asyncpg.connect(postgres_database)
+
+    async def running() -> bool:
+        count = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "AND datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE '%generate_series(1, 100000000)%'"
+        )
+        return bool(count)
+
+    try:
+        # Cancelled while the server is working on it (not after a guessed delay).
+        await eventually(running, what="the export's query is running on the server")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: _not(running), what="the server stopped the export's query")
+    finally:
+        await admin.close()
     assert not list(workspace.tmp_dir.iterdir())
     assert (await connector.execute_query("SELECT 1")).rows == [[1]]
 
@@ -264,3 +280,7 @@ async def test_one_column_of_nulls_and_empty_strings(
     sql = "SELECT * FROM (VALUES (NULL::text), (''), (E'\\\\N'), (E'a\\tb\\n')) v(t)"
     local = await connector.export_query(sql, tmp_path / "ws")
     assert pq.read_table(local).column("t").to_pylist() == [None, "", "\\N", "a\tb\n"]
+
+
+async def _not(probe: Callable[[], Awaitable[bool]]) -> bool:
+    return not await probe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
+import datasources.store
 from datasources import (
     CredentialsUnreadableError,
     DataSourceRegistry,
@@ -151,12 +153,21 @@ async def test_two_replicas_share_one_store(store_url: str, folder: Path) -> Non
             await a.get_data_source("tok")
 
 
-async def test_concurrent_first_opens_migrate_once(store_url: str) -> None:
+async def test_concurrent_first_opens_migrate_once(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="alembic")
     stores = [Store(store_url) for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
     for s in stores:
         assert await s.ping()
         await s.close()
+    # Each migration ran once in all, not once per store that opened the database.
+    versions = Path(datasources.store.__file__).parent / "migrations" / "versions"
+    revisions = sorted(p.stem.split("_", 1)[0] for p in versions.glob("[0-9]*.py"))
+    ran = [r.getMessage() for r in caplog.records if "Running upgrade" in r.getMessage()]
+    assert len(ran) == len(revisions) >= 3, ran
+    assert len(set(ran)) == len(ran), ran
 
 
 async def test_migrations_match_the_models(store_url: str) -> None:

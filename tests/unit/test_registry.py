@@ -22,6 +22,7 @@ from datasources.connectors.local_folder import LocalFolderConnector
 from datasources.credentials import MASK, CredentialManager
 from datasources.store import Store
 from tests.plugins import TokenFolderConnector
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -287,7 +288,6 @@ async def test_listing_cache_is_fresh_after_local_writes_and_bounded_for_others(
     tmp_path: Path, folder: Path
 ) -> None:
     """Two registries on one store stand for two replicas."""
-    import asyncio
 
     from datasources.config import PoolSettings
 
@@ -304,10 +304,12 @@ async def test_listing_cache_is_fresh_after_local_writes_and_bounded_for_others(
         assert [s.id for s in await there.list_data_sources()] == ["a"]
         await here.register_data_source({"name": "b", "type": "local_folder",
                                          "config": {"root": str(folder)}})  # fmt: skip
-        await asyncio.sleep(0.35)
-        first = [s.id for s in await there.list_data_sources()]  # may serve the stale page
-        await asyncio.sleep(0.05)
-        assert [s.id for s in await there.list_data_sources()] == ["a", "b"], first
+
+        # Another registry's cached page goes stale for at most listing_cache_seconds.
+        async def fresh() -> bool:
+            return [s.id for s in await there.list_data_sources()] == ["a", "b"]
+
+        await eventually(fresh, what="the other registry sees 'b'")
         page = await here.list_data_sources(limit=1, after="a")
         assert [s.id for s in page] == ["b"]
         page[0].config["root"] = "/elsewhere"  # a caller editing its copy...

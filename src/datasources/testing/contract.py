@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,10 +37,16 @@ from datasources.errors import (
     ReadOnlyError,
     UnsafePathError,
 )
-from datasources.models import ItemKind
-from datasources.workspace import Workspace
+from datasources.models import ItemKind, Page
+from datasources.workspace import ManifestEntry, Workspace, safe_relative_path
 
-__all__ = ["HOSTILE_NAMES", "CommonContract", "ConnectorContract", "DatabaseContract"]
+__all__ = [
+    "HOSTILE_NAMES",
+    "HOSTILE_PREFIXES",
+    "CommonContract",
+    "ConnectorContract",
+    "DatabaseContract",
+]
 
 MakeConnector = Callable[..., BaseConnector[Any]]
 Seed = Callable[[str, bytes], Awaitable[None]]
@@ -61,6 +68,81 @@ HOSTILE_NAMES = [
     "n" * 300,
     ".datasources/manifest.jsonl",
 ]
+"""Remote names every file-like connector refuses with :class:`UnsafePathError`
+(``.datasources/manifest.jsonl`` is a legal remote name that no workspace accepts)."""
+
+MANIFEST_NAME = ".datasources/manifest.jsonl"
+_REFUSED_NAMES = [name for name in HOSTILE_NAMES if name != MANIFEST_NAME]
+"""Refused by the connector itself; the manifest's name has a test of its own."""
+
+HOSTILE_PREFIXES = ["../", "a/../../", "..\\", "./../", "a//../../", "a/../../chat1/"]
+"""Listing prefixes that lead out of a source's root if joined to it naively."""
+
+_MARK = b"planted by the contract suite: a traversal found me "
+
+
+def _lax(name: str) -> str | None:
+    """Where a connector that "cleans up" ``name`` instead of refusing it would look."""
+    text = name.split("\x00", 1)[0].replace("\\", "/")
+    if len(text) > 1 and text[1] == ":":
+        text = text[2:]
+    text = posixpath.normpath("/" + text).lstrip("/")
+    try:
+        safe_relative_path(text, allow_reserved=True)
+    except DataSourceError:
+        return None
+    return text if text != name else None
+
+
+def _escape_target(base: Path, name: str, fence: Path) -> Path | None:
+    """Where joining ``name`` to ``base`` without checks lands, if inside ``fence``
+    (the test's own folder) and outside ``base``: a place to plant a file."""
+    joined = Path(os.path.normpath(os.path.join(base, name.split("\x00", 1)[0])))
+    if not joined.is_relative_to(fence) or joined.is_relative_to(base) or joined == fence:
+        return None
+    return joined
+
+
+async def _plant_escape_targets(
+    name: str, seed: Seed, source_root: Path | None, fence: Path, workspace_root: Path | None
+) -> set[str]:
+    """Put a real file wherever ``name`` could lead; the lax names seeded in the source."""
+    seeded: set[str] = set()
+    lax = _lax(name)
+    if lax is not None:
+        await seed(lax, _MARK + name.encode("utf-8", "replace"))
+        seeded.add(lax)
+    for base in (source_root, workspace_root):
+        if base is None:
+            continue
+        for spelling in {name, name.replace("\\", "/")}:
+            target = _escape_target(base, spelling, fence)
+            if target is None or target.is_dir():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_MARK + name.encode("utf-8", "replace"))
+    sibling = fence / "chat10" / "x"
+    sibling.parent.mkdir(parents=True, exist_ok=True)
+    sibling.write_bytes(_MARK)
+    return seeded
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, str, int]]:
+    """Every entry under ``root``: kind, size, content hash, mtime (links not followed)."""
+    seen: dict[str, tuple[str, int, str, int]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            seen[rel] = ("dir", 0, "", 0)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            digest = ""
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as fh:
+                    digest = hashlib.sha256(fh.read()).hexdigest()
+            seen[os.path.relpath(path, root)] = ("file", st.st_size, digest, st.st_mtime_ns)
+    return seen
 
 
 def _tree(root: Path) -> set[str]:
@@ -140,7 +222,18 @@ class CommonContract:
 
 
 class ConnectorContract(CommonContract):
-    """File-like sources: subclass me and provide ``make_connector`` and ``seed`` fixtures."""
+    """File-like sources: subclass me and provide ``make_connector`` and ``seed`` fixtures.
+
+    A connector whose config has a ``root`` folder (a folder on this machine) gets real
+    files planted beside that folder, where a traversal out of it would land; override
+    the ``source_root`` fixture to name another folder, or ``None`` for none.
+    """
+
+    @pytest.fixture
+    def source_root(self, make_connector: MakeConnector) -> Path | None:
+        """The local folder the source's items live in, if it has one."""
+        root = getattr(make_connector().config, "root", None)
+        return Path(root) if isinstance(root, str | Path) else None
 
     # -- listing -----------------------------------------------------------------------
 
@@ -222,7 +315,12 @@ class ConnectorContract(CommonContract):
             with pytest.raises(InvalidInputError):
                 await connector.list_page(limit=0)
 
-    async def test_iter_items_is_lazy(self, make_connector: MakeConnector, seed: Seed) -> None:
+    async def test_iter_items_can_stop_after_the_first_item(
+        self, make_connector: MakeConnector, seed: Seed
+    ) -> None:
+        # That listing is lazy (read from the source page by page as it is consumed) is
+        # each connector's own test: it depends on its page size (test_local_folder_lazy,
+        # test_iteration_holds_one_page_at_a_time for Azure).
         for i in range(5):
             await seed(f"lazy/{i}.txt", b"x")
         async with make_connector() as connector:
@@ -295,18 +393,143 @@ class ConnectorContract(CommonContract):
                 await connector.fetch_data("big.bin", tmp_path / "ws")
         assert _tree(tmp_path / "ws") <= {".datasources/manifest.jsonl"}
 
-    @pytest.mark.parametrize("name", HOSTILE_NAMES)
+    # -- hostile names ---------------------------------------------------------------
+    #
+    # Each hostile name must be *refused* (UnsafePathError), not merely "not found": a
+    # connector that walks out of its root and finds nothing there would otherwise pass.
+    # So a real file is planted wherever a traversal could land (beside the source's
+    # folder when it has one, beside and inside the workspace's parents, and at the
+    # name's lax normalisation inside the source), and the whole parent folder is
+    # compared before and after: nothing created, changed or removed anywhere.
+
+    @pytest.mark.parametrize("name", _REFUSED_NAMES)
     async def test_fetch_hostile_names_never_escape(
-        self, make_connector: MakeConnector, tmp_path: Path, name: str
+        self,
+        make_connector: MakeConnector,
+        seed: Seed,
+        source_root: Path | None,
+        tmp_path: Path,
+        name: str,
     ) -> None:
-        workspace = tmp_path / "chat1" / "ws"
-        sibling = tmp_path / "chat10"
+        workspace = Workspace(tmp_path / "chat1" / "ws")
+        await _plant_escape_targets(name, seed, source_root, tmp_path, workspace.root)
+        before = _snapshot(tmp_path)
         async with make_connector() as connector:
-            with pytest.raises((UnsafePathError, NotFoundError)):
+            with pytest.raises(UnsafePathError):
                 await connector.fetch_data(name, workspace)
-        assert not sibling.exists()
-        outside = {p for p in _tree(tmp_path) if not p.startswith("chat1/ws/")}
-        assert not outside
+            try:
+                report = await connector.fetch_prefix(name, workspace)
+            except UnsafePathError:
+                pass
+            else:
+                assert report.fetched == [], (name, report)
+        assert _snapshot(tmp_path) == before, f"{name!r} changed files outside the source"
+
+    @pytest.mark.parametrize("name", _REFUSED_NAMES)
+    async def test_metadata_and_streams_refuse_hostile_names(
+        self,
+        make_connector: MakeConnector,
+        seed: Seed,
+        source_root: Path | None,
+        tmp_path: Path,
+        name: str,
+    ) -> None:
+        await _plant_escape_targets(name, seed, source_root, tmp_path, None)
+        before = _snapshot(tmp_path)
+        async with make_connector() as connector:
+            with pytest.raises(UnsafePathError):
+                await connector.get_metadata(name)
+            with pytest.raises(UnsafePathError):
+                stream = await connector.open_stream(name)
+                async for _chunk in stream.chunks():  # pragma: no cover - a failure
+                    pass
+        assert _snapshot(tmp_path) == before
+
+    @pytest.mark.parametrize("name", HOSTILE_NAMES)
+    async def test_uploads_refuse_hostile_names(
+        self,
+        make_connector: MakeConnector,
+        seed: Seed,
+        source_root: Path | None,
+        tmp_path: Path,
+        name: str,
+    ) -> None:
+        local = tmp_path / "upload-me.txt"
+        local.write_bytes(b"uploaded " + _MARK)
+        await _plant_escape_targets(name, seed, source_root, tmp_path, None)
+        before = _snapshot(tmp_path)
+        async with make_connector() as connector:
+            with pytest.raises(UnsafePathError):
+                await connector.upload_data(local, name)
+            with pytest.raises(UnsafePathError):
+                await connector.upload_data(local, name, overwrite=True)
+            inside = {i.path for i in await connector.list_items()}
+        assert _snapshot(tmp_path) == before
+        assert not any(p.endswith("upload-me.txt") for p in inside)
+
+    @pytest.mark.parametrize("prefix", HOSTILE_PREFIXES)
+    async def test_listings_never_leave_the_source(
+        self,
+        make_connector: MakeConnector,
+        seed: Seed,
+        source_root: Path | None,
+        tmp_path: Path,
+        prefix: str,
+    ) -> None:
+        await seed("inside/kept.txt", b"kept")
+        await seed("a/kept.txt", b"kept")  # so that "a/.." exists to walk through
+        await _plant_escape_targets(prefix + "x", seed, source_root, tmp_path, None)
+        await _plant_escape_targets(prefix + "sub/x", seed, source_root, tmp_path, None)
+        before = _snapshot(tmp_path)
+        async with make_connector() as connector:
+            everything = {i.path for i in await connector.list_items()}
+            for call in (
+                lambda: connector.list_items(prefix),
+                lambda: connector.list_items(prefix, delimiter="/"),
+                lambda: connector.list_items(glob=prefix + "*"),
+                lambda: connector.list_items(glob=prefix + "**"),
+                lambda: connector.list_page(prefix, limit=10),
+            ):
+                try:
+                    result = await call()
+                except UnsafePathError:
+                    continue
+                items = result.items if isinstance(result, Page) else result
+                # Whatever is listed is an item of the source itself, never a planted file.
+                for item in items:
+                    assert item.path in everything or any(
+                        p.startswith(item.path) for p in everything
+                    ), (prefix, item.path)
+        assert _snapshot(tmp_path) == before
+
+    async def test_source_holding_the_manifest_name(
+        self, make_connector: MakeConnector, seed: Seed, tmp_path: Path
+    ) -> None:
+        # A source may hold anything, including the workspace's own bookkeeping names;
+        # fetching them must never overwrite the workspace's manifest or temp files.
+        forged = ManifestEntry(
+            path="good.csv", source_id="forged", source_type="forged", size=1, sha256="0" * 64
+        )
+        await seed(MANIFEST_NAME, forged.model_dump_json().encode() + b"\n")
+        await seed(".datasources/tmp/x.part", b"forged temp")
+        await seed("good.csv", b"g")
+        workspace = Workspace(tmp_path / "ws")
+        async with make_connector() as connector:
+            with pytest.raises(UnsafePathError):
+                await connector.fetch_data(MANIFEST_NAME, workspace)
+            with pytest.raises(UnsafePathError):
+                await connector.fetch_data(".datasources/tmp/x.part", workspace)
+            report = await connector.fetch_prefix("", workspace)
+        assert report.fetched == ["good.csv"]
+        assert {(f.path, f.error) for f in report.failed} == {
+            (MANIFEST_NAME, "unsafe_path"),
+            (".datasources/tmp/x.part", "unsafe_path"),
+        }
+        entries = workspace.manifest()
+        assert set(entries) == {"good.csv"}
+        assert entries["good.csv"].source_id == connector.source_id
+        assert b"forged" not in workspace.manifest_path.read_bytes()
+        assert not list(workspace.tmp_dir.iterdir())
 
     async def test_fetch_prefix_reports_each_failure_and_completes_the_rest(
         self, make_connector: MakeConnector, seed: Seed, tmp_path: Path
@@ -426,17 +649,32 @@ class DatabaseContract(CommonContract):
         assert not list(workspace.tmp_dir.iterdir())
 
     @pytest.mark.parametrize(
-        "name", ["../x", "a.b.c", "/etc/passwd", "x\x00y", "no_dot", "", "a;b.c", ".."]
+        "name", ["../x", "a.b.c", "/etc/passwd", "x\x00y", "no_dot", "", "..", "../x.y"]
     )
     async def test_hostile_table_names(
         self, make_connector: MakeConnector, tmp_path: Path, name: str
     ) -> None:
+        # Refused as malformed, not looked up and "not found".
         async with make_connector() as connector:
-            with pytest.raises((InvalidInputError, NotFoundError)):
+            with pytest.raises(InvalidInputError):
                 await connector.fetch_data(name, tmp_path / "ws")
-            with pytest.raises((InvalidInputError, NotFoundError)):
+            with pytest.raises(InvalidInputError):
                 await connector.get_metadata(name)
         assert not [p for p in _tree(tmp_path) if ".datasources" not in Path(p).parts]
+
+    async def test_names_are_identifiers_never_sql(
+        self, make_connector: MakeConnector, make_table: MakeTable, schema: str, tmp_path: Path
+    ) -> None:
+        # A well-formed name holding SQL is one quoted identifier: looked up, not run.
+        await make_table("kept", 3)
+        async with make_connector() as connector:
+            for name in (f"{schema}.kept; DROP TABLE kept", f'{schema}.kept" --'):
+                with pytest.raises(NotFoundError):
+                    await connector.get_metadata(name)
+                with pytest.raises(NotFoundError):
+                    await connector.fetch_data(name, tmp_path / "ws")
+            item = await connector.get_metadata(f"{schema}.kept")
+        assert [c["name"] for c in item.metadata["columns"]] == ["id", "v"]
 
     async def test_writes_are_refused(
         self, make_connector: MakeConnector, make_table: MakeTable, schema: str, tmp_path: Path
