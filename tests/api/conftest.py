@@ -64,11 +64,23 @@ def make_settings(tmp_path: Path, *, pool_size: int = 0, **api: Any) -> Settings
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async for running in _api(tmp_path, make_settings(tmp_path)):
+        yield running
+
+
+@pytest.fixture
+async def privileged_api(tmp_path: Path) -> AsyncIterator[Api]:
+    """As ``api``, with the operator's opt-in to privileged database roles (superusers)."""
+    settings = make_settings(tmp_path).model_copy(update={"allow_privileged_database_roles": True})
+    async for running in _api(tmp_path, settings):
+        yield running
+
+
+async def _api(tmp_path: Path, settings: Settings) -> AsyncIterator[Api]:
     folder = tmp_path / "data"
     (folder / "dir").mkdir(parents=True)
     (folder / "a.csv").write_bytes(b"x,y\n1,2\n")
     (folder / "dir" / "b.txt").write_bytes(b"hello")
-    settings = make_settings(tmp_path)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

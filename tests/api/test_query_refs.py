@@ -1,7 +1,7 @@
 """A chat's ``query`` reference must be read-only (docs/chat.md): a writing query is a 4xx
 that names it, nothing is fetched or stored, and the database is unchanged; a read is
 exported into the workspace. Real PostgreSQL, on its superuser role: only the read-only
-layers stand between the reference and a write."""
+layers stand between the reference and a write (the operator's opt-in lets it register)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ async def _rows(dsn: str) -> list[tuple[int, str]]:
         await conn.close()
 
 
-async def test_query_references_must_be_read_only(api: Api, postgres_database: str) -> None:
+async def test_query_references_must_be_read_only(
+    privileged_api: Api, postgres_database: str
+) -> None:
+    api = privileged_api  # the superuser source needs the operator's opt-in
     conn = await asyncpg.connect(postgres_database)
     try:
         await conn.execute(

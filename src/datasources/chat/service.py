@@ -38,6 +38,7 @@ from datasources.chat.assistant import run_assistant
 from datasources.chat.llm import LLMProvider
 from datasources.chat.refs import DataRef, parse_mentions
 from datasources.config import Settings
+from datasources.connectors.sql import as_sql
 from datasources.errors import (
     DataSourceError,
     InvalidInputError,
@@ -186,7 +187,21 @@ class ChatService:
         for ref, source in resolved:
             if ref.kind in ("path", "table"):
                 await self._check_exists(registry, ref, source.id)
+            elif ref.kind == "query":
+                await self._check_query(registry, ref, source.id)
         return resolved
+
+    @staticmethod
+    async def _check_query(registry: DataSourceRegistry, ref: DataRef, source_id: str) -> None:
+        """Every read-only layer the database applies before running, applied now."""
+        async with registry.get_connector(source_id) as connector:
+            try:
+                await as_sql(connector).check_query(ref.target)
+            except DataSourceError as exc:
+                raise type(exc)(
+                    f"Reference {ref.label()} is not valid: {exc.message}",
+                    details={"ref": ref.label()[:200]},
+                ) from None
 
     @staticmethod
     async def _check_exists(registry: DataSourceRegistry, ref: DataRef, source_id: str) -> None:

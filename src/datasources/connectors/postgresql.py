@@ -719,6 +719,15 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             elapsed_ms=(time.perf_counter() - start) * 1000,
         )
 
+    async def check_query(self, sql: str) -> None:
+        """Refuse ``sql`` as :meth:`execute_query` would, without running it.
+
+        The statement and catalog layers (one statement, read-only, functions by the
+        server's allow-list, relations inside ``schemas``): callers that run the query
+        later (a chat's query reference) get the refusal before anything is fetched.
+        """
+        await self._guard(sql)
+
     async def _guard(self, sql: str) -> None:
         """Layers 1 and 2: the statement, then its functions and relations by the catalog."""
         if not (self.parser_check or self.catalog_check):

@@ -44,6 +44,10 @@ class SqlConnector(Protocol):
         """Run one read-only statement; at most ``max_rows`` rows."""
         ...
 
+    async def check_query(self, sql: str) -> None:
+        """Refuse ``sql`` as ``execute_query`` would, without running it."""
+        ...
+
     async def get_schema(
         self, schemas: Sequence[str] | None = None, *, refresh: bool = False
     ) -> SchemaInfo:
