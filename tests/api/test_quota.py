@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from datasources.connectors.local_folder import LocalFolderConnector
-from datasources.models import DataItem
 from tests.api.conftest import make_settings, served
 
 pytestmark = [pytest.mark.api, pytest.mark.integration]
@@ -26,18 +25,12 @@ async def test_the_quota_stops_a_file_that_grew_after_listing(
     grows = data / "grows.bin"
     grows.write_bytes(b"x" * 1000)  # listed at 1000 bytes, under the 1500-byte quota
     grown = 200 * 4096
-    original = LocalFolderConnector.get_metadata
     read: list[int] = []
-
-    async def listed_then_grown(self: LocalFolderConnector, path: str) -> DataItem:
-        item = await original(self, path)
-        if path == "grows.bin" and item.size == 1000:
-            grows.write_bytes(b"y" * grown)  # the file grows between listing and fetch
-        return item
-
     real_read = LocalFolderConnector.open_stream
 
     async def counting_stream(self: LocalFolderConnector, path: str) -> Any:
+        if path == "grows.bin" and grows.stat().st_size == 1000:
+            grows.write_bytes(b"y" * grown)  # grown after every size check, before the read
         stream = await real_read(self, path)
         inner = stream.chunks
 
@@ -48,7 +41,6 @@ async def test_the_quota_stops_a_file_that_grew_after_listing(
 
         return type(stream)(stream.item, chunks, stream.media_type, stream.size)
 
-    monkeypatch.setattr(LocalFolderConnector, "get_metadata", listed_then_grown)
     monkeypatch.setattr(LocalFolderConnector, "open_stream", counting_stream)
     settings = make_settings(tmp_path)
     settings = settings.model_copy(
