@@ -41,7 +41,11 @@ async def _database(dsn: str, value: str) -> None:
 
 @pytest.mark.parametrize("shares", [False, True])
 async def test_profile_and_run_python_withhold_rows_unless_the_source_shares(
-    tmp_path: Path, live_server_factory: Any, postgres_database: str, shares: bool
+    tmp_path: Path,
+    live_server_factory: Any,
+    postgres_database: str,
+    postgres_reader: str,
+    shares: bool,
 ) -> None:
     value = SHOWN if shares else HIDDEN
     await _database(postgres_database, value)
@@ -55,7 +59,7 @@ async def test_profile_and_run_python_withhold_rows_unless_the_source_shares(
     server = live_server_factory(model.app)
     async for client, auth in _app_with_model(tmp_path, model, server):
         body = {"name": "wh", "type": "postgresql",
-                "config": {"dsn": postgres_database, "share_samples_with_llm": shares}}  # fmt: skip
+                "config": {"dsn": postgres_reader, "share_samples_with_llm": shares}}  # fmt: skip
         assert (
             await client.post("/api/v1/datasources", json=body, headers=auth)
         ).status_code == 201
