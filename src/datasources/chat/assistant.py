@@ -170,7 +170,7 @@ async def run_assistant(
         return as_data("workspace", {"fetched": files})
 
     async def run_python(args: dict[str, Any]) -> str:
-        result = await service.run_code(chat_id, str(args["code"]))
+        result = await service.run_code(chat_id, str(args["code"]), owner=owner)
         collected.extend(result.parts)
         fetched_sources = await service.workspace_sources(chat_id)
         allowed = all([await shares(s) for s in fetched_sources]) if fetched_sources else True

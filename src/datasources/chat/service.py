@@ -365,7 +365,9 @@ class ChatService:
         chat = await self.get_chat(owner, chat_id)
         limit = self.settings.sandbox_limits.timeout
         async with self.sandboxes.lock(chat.id):
-            session, _new = await self.sandboxes.session(chat.id, self.workspace_dir(chat.id))
+            session, _new = await self.sandboxes.session(
+                chat.id, self.workspace_dir(chat.id), owner=chat.owner
+            )
             result = await session.execute(code, timeout=min(timeout or limit, 3600))
         await self.registry.store.touch_chat(chat.id, datetime.now(UTC))
         return result
@@ -444,7 +446,7 @@ class ChatService:
         elif blocks:
             for code in blocks:
                 yield Event(event="code", data={"code": code}), [Part(type="code", text=code)]
-                async for pair in self._run(chat_id, code):
+                async for pair in self._run(chat_id, code, owner):
                     yield pair
         elif stripped.startswith("/sql"):
             sql = stripped[4:].strip()
@@ -468,7 +470,7 @@ class ChatService:
                 [Part(type="table", data=table)],
             )
         elif fetched:
-            async for pair in self._run(chat_id, _brief_code(fetched[:20])):
+            async for pair in self._run(chat_id, _brief_code(fetched[:20]), owner):
                 yield pair
         else:
             text = (
@@ -493,9 +495,11 @@ class ChatService:
                     history.append({"role": "assistant", "content": text})
         return history
 
-    async def run_code(self, chat_id: str, code: str) -> Execution:
+    async def run_code(self, chat_id: str, code: str, *, owner: str | None = None) -> Execution:
         """Run code in the chat's session; the caller holds the chat's lock."""
-        session, _new = await self.sandboxes.session(chat_id, self.workspace_dir(chat_id))
+        session, _new = await self.sandboxes.session(
+            chat_id, self.workspace_dir(chat_id), owner=owner
+        )
         return await session.execute(code)
 
     async def workspace_sources(self, chat_id: str) -> set[str]:
@@ -509,8 +513,10 @@ class ChatService:
             return set()
         return {f["source_id"] for f in files.values() if f.get("source_id")}
 
-    async def _run(self, chat_id: str, code: str) -> AsyncIterator[tuple[Event, list[Part]]]:
-        result = await self.run_code(chat_id, code)
+    async def _run(
+        self, chat_id: str, code: str, owner: str
+    ) -> AsyncIterator[tuple[Event, list[Part]]]:
+        result = await self.run_code(chat_id, code, owner=owner)
         for part in result.parts:
             kind = "output" if part.type in ("stdout", "stderr", "result", "text") else "display"
             if part.type == "error":

@@ -4,6 +4,13 @@ A pre-started session runs over an empty *slot* folder (``data/``, ``outputs/``)
 chat needs one, the chat's files move into the slot's folders and the slot's folders
 move to the chat's workspace: renames keep the folders' identity, so the sandbox's bind
 mounts now show the chat's workspace — no restart, and pandas is already imported.
+
+Live sessions are capped per owner (``max_sessions_per_owner``) and on the service
+(``max_sessions``): beyond a cap the least recently used session that is not running
+anything is closed to make room; when none can be, a start waits up to
+``start_wait_seconds`` for room on the service and otherwise fails with
+:class:`SessionLimitError` (HTTP 429 with Retry-After). At most ``concurrent_starts``
+kernels start at once, so a burst queues instead of starving the machine.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -20,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from datasources.config import SandboxLimits
-from datasources.sandbox.runtime import SandboxUnavailableError, bwrap_problem
+from datasources.sandbox.runtime import (
+    SandboxUnavailableError,
+    SessionLimitError,
+    bwrap_problem,
+    isolation_problem,
+    sandbox_identity,
+)
 from datasources.sandbox.session import Session
 
 __all__ = ["SandboxManager"]
@@ -48,12 +62,23 @@ class SandboxManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = 0
         self._closed = False
+        self._owners: dict[str, str | None] = {}
+        """Chat -> owner, for every live session and every start in progress."""
+        self._room = asyncio.Condition()
+        self._starts = asyncio.Semaphore(limits.concurrent_starts)
 
     def problem(self) -> str | None:
         """Why code cannot run here (None when it can)."""
         if self.mode == "process":
             return None
-        return bwrap_problem()
+        problem = bwrap_problem()
+        if problem is not None:
+            return problem
+        try:
+            identity = sandbox_identity(self.limits)
+        except SandboxUnavailableError as exc:
+            return exc.message
+        return isolation_problem(identity, self.limits.processes, self.limits.memory_bytes)
 
     def require(self) -> None:
         problem = self.problem()
@@ -106,7 +131,8 @@ class SandboxManager:
     async def _new_session(self) -> Session:
         slot = self.pool_dir / f"slot-{secrets.token_hex(6)}"
         session = Session(slot, mode=self.mode, limits=self.limits)
-        await session.start()
+        async with self._starts:
+            await session.start()
         return session
 
     async def _discard(self, session: Session) -> None:
@@ -118,14 +144,86 @@ class SandboxManager:
         """One lock per chat: fetches and executions of a chat take turns."""
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def session(self, key: str, workspace: Path) -> tuple[Session, bool]:
-        """The chat's live session, or a warm one moved onto its workspace; (session, new)."""
+    async def session(
+        self, key: str, workspace: Path, *, owner: str | None = None
+    ) -> tuple[Session, bool]:
+        """The chat's live session, or a warm one moved onto its workspace; (session, new).
+
+        Raises:
+            SandboxUnavailableError: code cannot run here.
+            SessionLimitError: the owner's or the service's cap on live sessions is reached
+                and no session can be closed to make room in time.
+        """
         self.require()
         current = self._sessions.get(key)
         if current is not None and current.alive:
             return current, False
         if current is not None:
-            await current.close()
+            await self.end(key)
+        await self._admit(key, owner)
+        try:
+            return await self._open(key, workspace)
+        except BaseException:
+            self._owners.pop(key, None)
+            await self._notify_room()
+            raise
+
+    async def _admit(self, key: str, owner: str | None) -> None:
+        """Reserve room for one more session of ``owner``: evict, wait, or refuse."""
+        deadline = time.monotonic() + self.limits.start_wait_seconds
+        while True:
+            mine = [k for k, o in self._owners.items() if owner is not None and o == owner]
+            if len(mine) >= self.limits.max_sessions_per_owner:
+                if await self._evict(owner):
+                    continue
+                raise SessionLimitError(
+                    f"This key already has {len(mine)} live Python sessions (the most "
+                    "allowed), all busy: try again when one finishes.",
+                    details={"retry_after": self._retry_after(), "limit": len(mine)},
+                )
+            if len(self._owners) < self.limits.max_sessions:
+                self._owners[key] = owner
+                return
+            if await self._evict(None):
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SessionLimitError(
+                    "The service is running as many Python sessions as it may, all busy: "
+                    "try again shortly.",
+                    details={"retry_after": self._retry_after()},
+                )
+            async with self._room:
+                # Woken when a session ends; and a few times a second, since a session
+                # that finishes running becomes evictable without ending.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=min(left, 0.25))
+
+    async def _evict(self, owner: str | None) -> bool:
+        """Close the least recently used idle session (of ``owner``, or anyone's)."""
+        idle = [
+            (session.last_used, key)
+            for key, session in self._sessions.items()
+            if (owner is None or self._owners.get(key) == owner)
+            and not self.lock(key).locked()
+            and not session.busy
+        ]
+        if not idle:
+            return False
+        _, key = min(idle)
+        logger.info("Closing the idle session of chat %s to make room.", key)
+        await self.end(key)
+        return True
+
+    def _retry_after(self) -> int:
+        """Seconds after which a session is likely to have finished (Retry-After)."""
+        return max(1, math.ceil(min(self.limits.timeout, self.limits.start_wait_seconds or 5)))
+
+    async def _notify_room(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
+    async def _open(self, key: str, workspace: Path) -> tuple[Session, bool]:
         session = None
         while self._warm:
             candidate = self._warm.pop(0)
@@ -136,7 +234,11 @@ class SandboxManager:
         self._refill()
         if session is None:
             session = await self._new_session()
-        await asyncio.to_thread(_adopt, session, workspace)
+        try:
+            await asyncio.to_thread(_adopt, session, workspace)
+        except BaseException:
+            await self._discard(session)
+            raise
         quota = self.limits.workspace_quota_bytes
         data = workspace / "data"
         session.disk_budget = lambda: max(quota - _disk_usage(data), 0)
@@ -152,6 +254,9 @@ class SandboxManager:
         self._locks.pop(key, None)
         if session is not None:
             await session.close()
+        if key in self._owners or session is not None:
+            self._owners.pop(key, None)
+            await self._notify_room()
 
     async def _cull_forever(self) -> None:
         while not self._closed:
