@@ -456,6 +456,9 @@ def _bwrap_plan(
     os.lseek(seccomp, 0, os.SEEK_SET)
     staged = identity.drops_privileges
     libc = _libc() if staged else None
+    if staged:
+        # Root's own folder under /run: the mount point of every launch's private stage.
+        STAGE.mkdir(mode=0o755, exist_ok=True)
     folders = [
         (bytes(root), f"python{number}".encode(), False)
         for number, root in enumerate(_python_roots())
