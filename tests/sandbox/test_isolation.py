@@ -133,6 +133,9 @@ async def test_proc_inside_shows_no_host_paths(
     for line in text.splitlines():
         if line.startswith("/proc/") and "cgroup" in line:
             assert "ds-" not in line and "process_api" not in line, line
+    # outputs/ is a filesystem of its own: its root, not a host folder.
+    outputs = [line for line in text.splitlines() if " /workspace/outputs " in line]
+    assert outputs and all(line.split()[3] == "/" for line in outputs), outputs
 
 
 _REFUSED = [

@@ -139,3 +139,73 @@ async def test_a_start_on_a_full_service_waits_for_room(tmp_path: Path) -> None:
         assert reply.parts[0].text == "42\n"
     finally:
         await manager.close()
+
+
+async def _settled_size(path: Path, ceiling: int) -> int:
+    """The size of ``path`` once it stops growing (or once it passes ``ceiling``)."""
+    last = -1
+    for _ in range(300):
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        if size == last or size > ceiling:
+            return size
+        last = size
+        await asyncio.sleep(0.1)
+    return last
+
+
+async def test_the_disk_quota_holds_after_execute_across_executions_and_sessions(
+    tmp_path: Path,
+) -> None:
+    quota = 8 * 1024**2
+    limits = SandboxLimits(pool_size=1, workspace_quota_bytes=quota)
+    manager = SandboxManager(tmp_path / "ws", mode="bwrap", limits=limits)
+    await manager.start()
+    workspace = tmp_path / "ws" / "c"
+    try:
+        session, _ = await manager.session("c", workspace, owner="o")
+        # A thread that keeps writing after the execution has returned.
+        started = await session.execute(
+            "import threading, errno\n"
+            "stopped = []\n"
+            "def fill():\n"
+            "    try:\n"
+            "        with open('outputs/fill', 'wb') as f:\n"
+            "            while True:\n"
+            "                f.write(b'0' * 65536); f.flush()\n"
+            "    except OSError as e:\n"
+            "        stopped.append(errno.errorcode[e.errno])\n"
+            "threading.Thread(target=fill, daemon=True).start()\n"
+            "print('started')"
+        )
+        assert started.ok, started.parts
+        size = await _settled_size(workspace / "outputs" / "fill", 4 * quota)
+        assert size <= quota
+        told = await session.execute("import time\nwhile not stopped: time.sleep(0.05)\n"
+                                     "print(stopped)", timeout=30)  # fmt: skip
+        assert told.parts[0].text == "['ENOSPC']\n", told.parts
+        # The next execution cannot write either; the session is alive.
+        more = await session.execute(
+            "try:\n    open('outputs/more', 'wb').write(b'1' * 1024**2); print('WROTE')\n"
+            "except OSError as e: print(e.errno)"
+        )
+        assert more.parts[0].text == "28\n", more.parts
+        await manager.end("c")
+        # A new session for the same chat (a pre-started one) sees the same files and
+        # the same full filesystem.
+        again, new = await manager.session("c", workspace, owner="o")
+        assert new
+        seen = await again.execute(
+            "import os\nprint(os.path.getsize('outputs/fill') == "
+            f"{size})\n"
+            "try:\n    open('outputs/more', 'wb').write(b'1' * 1024**2); print('WROTE')\n"
+            "except OSError as e: print(e.errno)"
+        )
+        assert seen.parts[0].text == "True\n28\n", seen.parts
+        # Freeing space frees the quota.
+        freed = await again.execute(
+            "import os\nos.unlink('outputs/fill')\n"
+            "open('outputs/more', 'wb').write(b'1' * 1024**2); print('ok')"
+        )
+        assert freed.parts[0].text == "ok\n", freed.parts
+    finally:
+        await manager.close()

@@ -139,7 +139,7 @@ class ChatService:
     async def delete_chat(self, owner: str, chat_id: str) -> None:
         """Delete a chat, its messages, its workspace and its session."""
         chat = await self.get_chat(owner, chat_id)
-        await self.sandboxes.end(chat.id)
+        await self.sandboxes.discard(chat.id, self.workspace_dir(chat.id))
         await self.registry.store.delete_chat(owner, chat.id)
         await asyncio.to_thread(shutil.rmtree, self.workspace_dir(chat.id), True)
 

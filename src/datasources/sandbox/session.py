@@ -22,7 +22,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +81,8 @@ class Session:
         self._lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self._figures = 0
-        self.disk_budget: Callable[[], int] | None = None
-        """Returns how many bytes the code may write now (the chat's quota left)."""
-        self.disk_exceeded = False
+        self.mount_slot: Path | None = None
+        """The pool slot whose ``outputs/`` mount the sandbox was started on."""
         self._kernel_pid: int | None = None
         self._keep: set[int] = set()
 
@@ -264,64 +262,9 @@ class Session:
             finally:
                 self.last_used = time.monotonic()
 
-    def _written_bytes(self) -> int:
-        """Bytes in the folders the code can write to on the host's disk."""
-        total = 0
-        for folder in (self.slot / "outputs", self.sockets):
-            for base, _dirs, files in os.walk(folder):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        total += os.lstat(os.path.join(base, name)).st_blocks * 512
-        return total
-
-    async def _watch_disk(self, limit: int, started: float) -> None:
-        """Stop the session the moment its writes pass ``limit``; drop what it just wrote."""
-        while True:
-            await asyncio.sleep(0.2)
-            used = await asyncio.to_thread(self._written_bytes)
-            if used <= limit:
-                continue
-            self.disk_exceeded = True
-            await self.close()
-            return
-
-    def _remove_newer_than(self, started: float) -> None:
-        for base, _dirs, files in os.walk(self.slot / "outputs"):
-            for name in files:
-                path = os.path.join(base, name)
-                with contextlib.suppress(OSError):
-                    if os.lstat(path).st_mtime >= started - 1:
-                        os.unlink(path)
-
     async def _execute(self, code: str, timeout: float) -> Execution:
-        start = time.perf_counter()
-        self.disk_exceeded = False
-        limit = self.disk_budget() if self.disk_budget is not None else None
-        started = time.time()
-        watchdog = (
-            asyncio.create_task(self._watch_disk(limit, started)) if limit is not None else None
-        )
-        try:
-            result = await self._execute_watched(code, timeout, start)
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-                with contextlib.suppress(BaseException):
-                    await watchdog
-        if self.disk_exceeded:
-            await self.close()  # again: the watchdog may have been stopped half-way
-            await asyncio.to_thread(self._remove_newer_than, started)
-            result.ok = False
-            result.restarted = True
-            result.parts.append(
-                Part(
-                    type="error",
-                    name="QuotaExceeded",
-                    text="The code wrote more than the chat's quota allows: what it wrote was "
-                    "removed and the session was restarted.",
-                )
-            )
-        return result
+        # The disk quota needs no watching: outputs/ is a filesystem of the quota's size.
+        return await self._execute_watched(code, timeout, time.perf_counter())
 
     async def _execute_watched(self, code: str, timeout: float, start: float) -> Execution:
         client = self._client
