@@ -65,6 +65,7 @@ class SandboxManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = 0
+        self._failures = 0
         self._closed = False
         self._owners: dict[str, str | None] = {}
         """Chat -> owner, for every live session and every start in progress."""
@@ -142,13 +143,22 @@ class SandboxManager:
             session = await self._new_session()
         except Exception as exc:
             logger.warning("A pre-started session failed to start: %s", type(exc).__name__)
+            self._failures += 1
+            # Try again later (a loaded machine recovers), backing off up to a minute.
+            self._spawn(self._refill_later(min(2.0**self._failures, 60.0)))
             return
         finally:
             self._filling -= 1
+        self._failures = 0
         if self._closed:
             await self._discard(session)
         else:
             self._warm.append(session)
+
+    async def _refill_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._closed:
+            self._refill()
 
     def _clear_pool(self) -> None:
         """Remove what a previous run left in the pool (slots, their mounts and images)."""
