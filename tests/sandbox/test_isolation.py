@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from datasources.config import SandboxLimits
+from datasources.config import SandboxLimits, Settings
 from datasources.sandbox.manager import SandboxManager
 from datasources.sandbox.runtime import DEFAULT_SANDBOX_ID, Identity, isolation_problem
 from datasources.sandbox.session import Execution, Session
@@ -211,3 +211,25 @@ async def test_each_refused_system_call_fails_with_eperm_and_the_session_lives(
 def test_a_root_identity_is_refused_with_the_reason() -> None:
     problem = isolation_problem(Identity(0, 0), 64, 2 * 1024**3)
     assert problem is not None and "root" in problem
+
+
+async def test_the_configured_uid_and_gid_are_the_sandboxs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATASOURCES_SANDBOX_UID", "1234567")
+    monkeypatch.setenv("DATASOURCES_SANDBOX_GID", "1234568")
+    limits = Settings(home=tmp_path / "home").sandbox_limits.model_copy(update={"pool_size": 0})
+    manager = SandboxManager(tmp_path / "ws", mode="bwrap", limits=limits)
+    await manager.start()
+    try:
+        workspace = tmp_path / "ws" / "chat"
+        session, _ = await manager.session("chat", workspace, owner="o")
+        result = await session.execute(
+            "import os; open('outputs/f', 'w').write('x'); print(os.getuid())"
+        )
+        assert result.parts[0].text == "1000\n"  # inside its user namespace
+        made = (workspace / "outputs" / "f").stat()
+        expected = (1234567, 1234568) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        assert (made.st_uid, made.st_gid) == expected
+    finally:
+        await manager.close()

@@ -31,7 +31,7 @@ ALLOWED: tuple[str, ...] = (
     # memory
     "brk", "mmap", "mmap2", "munmap", "mremap", "mprotect", "madvise", "mincore", "mlock",
     "mlock2", "munlock", "mlockall", "munlockall", "msync", "membarrier", "pkey_alloc",
-    "pkey_free", "pkey_mprotect", "remap_file_pages", "get_mempolicy",
+    "pkey_free", "pkey_mprotect", "remap_file_pages",
     # files and folders (open/openat/creat/chmod: see the argument rules below)
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "preadv2",
     "pwritev", "pwritev2", "lseek", "_llseek", "close", "close_range", "dup", "dup2", "dup3",
