@@ -233,3 +233,22 @@ async def test_the_configured_uid_and_gid_are_the_sandboxs(
         assert (made.st_uid, made.st_gid) == expected
     finally:
         await manager.close()
+
+
+async def test_the_kernel_sockets_cannot_be_replaced_from_inside(
+    sandbox: tuple[Session, Path],
+) -> None:
+    session, _ = sandbox
+    result = await session.execute(
+        "import os\n"
+        "socket = [n for n in sorted(os.listdir('/kernel')) if n != 'kernel.json'][0]\n"
+        "for attempt in (lambda: os.symlink('/etc/passwd', '/kernel/k-9'),\n"
+        "                lambda: os.unlink('/kernel/' + socket),\n"
+        "                lambda: os.rename('/kernel/kernel.json', '/kernel/x')):\n"
+        "    try:\n"
+        "        attempt(); print('CHANGED')\n"
+        "    except PermissionError:\n"
+        "        print('refused')\n"
+    )  # fmt: skip
+    assert _out(result).split() == ["refused"] * 3, result.parts
+    assert (await session.execute("print(6 * 7)")).parts[0].text == "42\n"

@@ -243,7 +243,7 @@ class SandboxManager:
         if current is not None and current.alive:
             return current, False
         if current is not None:
-            await self.end(key)
+            await self._drop(key)  # dead; the caller holds the chat's lock: keep it
         await self._admit(key, owner)
         try:
             return await self._open(key, workspace)
@@ -331,8 +331,12 @@ class SandboxManager:
 
     async def end(self, key: str) -> None:
         """Close a chat's session (its workspace stays)."""
-        session = self._sessions.pop(key, None)
         self._locks.pop(key, None)
+        await self._drop(key)
+
+    async def _drop(self, key: str) -> None:
+        """Close the chat's session and give its room back (its lock stays)."""
+        session = self._sessions.pop(key, None)
         if session is not None:
             await self._discard(session)
         if key in self._owners or session is not None:

@@ -155,6 +155,8 @@ class Session:
             raise SandboxUnavailableError(
                 "The Python session did not start; the service log says why."
             ) from None
+        if plan.staged:
+            await asyncio.to_thread(_seal, where)
         await asyncio.to_thread(self._find_kernel)
         if warm:
             await self.execute(_WARMUP, timeout=120)
@@ -434,6 +436,20 @@ class Session:
                     break
                 await asyncio.sleep(0.02)
         shutil.rmtree(self.sockets, ignore_errors=True)
+
+
+def _seal(sockets: Path) -> None:
+    """Make the socket folder the kernel has bound its sockets in read-only to the sandbox.
+
+    The service connects to those sockets by name (and ZeroMQ reconnects by name): code
+    that replaced one with a link would send the service's connections elsewhere.
+    """
+    fd = os.open(sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
 
 
 def _append_stream(parts: list[Part], name: str, text: str) -> None:
