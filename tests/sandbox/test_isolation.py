@@ -17,7 +17,12 @@ import pytest
 
 from datasources.config import SandboxLimits, Settings
 from datasources.sandbox.manager import SandboxManager
-from datasources.sandbox.runtime import DEFAULT_SANDBOX_ID, Identity, isolation_problem
+from datasources.sandbox.runtime import (
+    DEFAULT_SANDBOX_ID,
+    Identity,
+    SandboxUnavailableError,
+    isolation_problem,
+)
 from datasources.sandbox.session import Execution, Session
 
 pytestmark = [pytest.mark.sandbox]
@@ -252,3 +257,27 @@ async def test_the_kernel_sockets_cannot_be_replaced_from_inside(
     )  # fmt: skip
     assert _out(result).split() == ["refused"] * 3, result.parts
     assert (await session.execute("print(6 * 7)")).parts[0].text == "42\n"
+
+
+async def test_without_seccomp_bwrap_mode_refuses_code_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The one fake here: this machine has libseccomp, so its absence is simulated.
+    def missing() -> bytes:
+        raise OSError("libseccomp is not usable: libseccomp.so.2 not found")
+
+    monkeypatch.setattr("datasources.sandbox.runtime.filter_bpf", missing)
+    isolation_problem.cache_clear()
+    try:
+        manager = SandboxManager(
+            tmp_path / "ws", mode="bwrap", limits=SandboxLimits(pool_size=1, uid=7654321)
+        )
+        await manager.start()
+        try:
+            with pytest.raises(SandboxUnavailableError, match="seccomp"):
+                await manager.session("chat", tmp_path / "ws" / "chat", owner="o")
+            assert manager._warm == []  # nothing was started without it
+        finally:
+            await manager.close()
+    finally:
+        isolation_problem.cache_clear()
