@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import platformdirs
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from datasources.credentials import register_secret
@@ -92,6 +92,29 @@ class SandboxLimits(BaseModel):
     workspace_max_age_days: float = Field(
         default=30.0, gt=0, description="Chats untouched this long are deleted with their files."
     )
+    uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Host uid sandboxes run as when the service is root (default 2000000000; "
+        "DATASOURCES_SANDBOX_UID). A service that is not root uses its own uid.",
+    )
+    gid: int | None = Field(
+        default=None, ge=1, description="Host gid of sandboxes (default: the uid's number)."
+    )
+    max_sessions: int = Field(
+        default=16, ge=1, description="Live sessions on the service (pre-started ones apart)."
+    )
+    max_sessions_per_owner: int = Field(default=4, ge=1, description="Live sessions per owner.")
+    start_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="How long a session start waits for room (a full service, other starts) "
+        "before the request gets 429 with Retry-After.",
+    )
+    concurrent_starts: int = Field(
+        default=2, ge=1, le=64, description="Sessions started at the same time (the rest queue)."
+    )
 
 
 def _split_commas(value: object) -> object:
@@ -154,6 +177,15 @@ class Settings(BaseSettings):
         "environment only; no filesystem or network isolation).",
     )
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits)
+    sandbox_uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Host uid sandboxes run as when the service is root (never 0; default "
+        "2000000000). Sets sandbox_limits.uid.",
+    )
+    sandbox_gid: int | None = Field(
+        default=None, ge=1, description="Host gid of sandboxes. Sets sandbox_limits.gid."
+    )
     allow_private_networks: bool = Field(
         default=False,
         description="Let user sources reach loopback and private networks (embedded default).",
@@ -179,6 +211,18 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _sandbox_identity(self) -> Settings:
+        # DATASOURCES_SANDBOX_UID/GID are the documented names; the limits carry them.
+        update = {
+            key: value
+            for key, value in (("uid", self.sandbox_uid), ("gid", self.sandbox_gid))
+            if value is not None
+        }
+        if update:
+            self.sandbox_limits = self.sandbox_limits.model_copy(update=update)
+        return self
 
     @field_validator("home", mode="after")
     @classmethod

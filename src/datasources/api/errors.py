@@ -32,6 +32,7 @@ from datasources.errors import (
     TimeoutError,
     UnavailableError,
 )
+from datasources.sandbox.runtime import SessionLimitError
 
 __all__ = [
     "PROBLEM_JSON",
@@ -57,6 +58,8 @@ STATUS: dict[type[DataSourceError], int] = {
     PermissionDeniedError: 403,
     NotFoundError: 404,
     AlreadyExistsError: 409,
+    # A cap on live sessions: come back later (Retry-After), not "too big".
+    SessionLimitError: 429,
     LimitExceededError: 413,
     IntegrityError: 502,
     TimeoutError: 504,
@@ -190,7 +193,13 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             logger.warning("Request failed: %s (%s)", exc.code, type(exc).__name__)
-        return problem_response(request, status, exc.code, exc.message, details=dict(exc.details))
+        headers = None
+        retry_after = exc.details.get("retry_after")
+        if status == 429 and isinstance(retry_after, int):
+            headers = {"Retry-After": str(retry_after)}
+        return problem_response(
+            request, status, exc.code, exc.message, details=dict(exc.details), headers=headers
+        )
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:

@@ -258,7 +258,7 @@ async def run_assistant(
         return False
 
     async def run_python(args: dict[str, Any]) -> str:
-        result = await service.run_code(chat_id, str(args["code"]))
+        result = await service.run_code(chat_id, str(args["code"]), owner=owner)
         collected.extend(result.parts)
         if await workspace_private():
             return as_data("sandbox", {

@@ -145,7 +145,7 @@ class ChatService:
     async def delete_chat(self, owner: str, chat_id: str) -> None:
         """Delete a chat, its messages, its workspace and its session."""
         chat = await self.get_chat(owner, chat_id)
-        await self.sandboxes.end(chat.id)
+        await self.sandboxes.discard(chat.id, self.workspace_dir(chat.id))
         await self.registry.store.delete_chat(owner, chat.id)
         await asyncio.to_thread(shutil.rmtree, self.workspace_dir(chat.id), True)
 
@@ -495,7 +495,9 @@ class ChatService:
         chat = await self.get_chat(owner, chat_id)
         limit = self.settings.sandbox_limits.timeout
         async with self.sandboxes.lock(chat.id):
-            session, _new = await self.sandboxes.session(chat.id, self.workspace_dir(chat.id))
+            session, _new = await self.sandboxes.session(
+                chat.id, self.workspace_dir(chat.id), owner=chat.owner
+            )
             result = await session.execute(code, timeout=min(timeout or limit, 3600))
         await self.registry.store.touch_chat(chat.id, datetime.now(UTC))
         return result
@@ -580,7 +582,7 @@ class ChatService:
         elif blocks:
             for code in blocks:
                 yield Event(event="code", data={"code": code}), [Part(type="code", text=code)]
-                async for pair in self._run(chat_id, code):
+                async for pair in self._run(chat_id, code, owner):
                     yield pair
         elif stripped.startswith("/sql"):
             if not fetched:
@@ -593,7 +595,7 @@ class ChatService:
                 [Part(type="table", data=table)],
             )
         elif fetched:
-            async for pair in self._run(chat_id, _brief_code(fetched[:20])):
+            async for pair in self._run(chat_id, _brief_code(fetched[:20]), owner):
                 yield pair
         else:
             text = (
@@ -627,7 +629,7 @@ class ChatService:
         finally:
             self._reply_budgets.pop(chat_id, None)
 
-    async def run_code(self, chat_id: str, code: str) -> Execution:
+    async def run_code(self, chat_id: str, code: str, *, owner: str | None = None) -> Execution:
         """Run code in the chat's session; the caller holds the chat's lock.
 
         Within a reply, every execution's parts spend the reply's one output cap: once it
@@ -648,7 +650,9 @@ class ChatService:
                 elapsed_ms=0,
                 truncated=True,
             )
-        session, _new = await self.sandboxes.session(chat_id, self.workspace_dir(chat_id))
+        session, _new = await self.sandboxes.session(
+            chat_id, self.workspace_dir(chat_id), owner=owner
+        )
         result = await session.execute(code)
         if budget is not None:
             cut_before = budget.cut
@@ -696,8 +700,10 @@ class ChatService:
             return set()
         return {f["source_id"] for f in files.values() if f.get("source_id")}
 
-    async def _run(self, chat_id: str, code: str) -> AsyncIterator[tuple[Event, list[Part]]]:
-        result = await self.run_code(chat_id, code)
+    async def _run(
+        self, chat_id: str, code: str, owner: str
+    ) -> AsyncIterator[tuple[Event, list[Part]]]:
+        result = await self.run_code(chat_id, code, owner=owner)
         for part in result.parts:
             kind = "output" if part.type in ("stdout", "stderr", "result", "text") else "display"
             if part.type == "error":

@@ -1,9 +1,19 @@
 """Sessions per chat, a pool of pre-started ones, and culling of idle ones.
 
 A pre-started session runs over an empty *slot* folder (``data/``, ``outputs/``). When a
-chat needs one, the chat's files move into the slot's folders and the slot's folders
-move to the chat's workspace: renames keep the folders' identity, so the sandbox's bind
-mounts now show the chat's workspace — no restart, and pandas is already imported.
+chat needs one, the chat's ``data/`` entries move into the slot's ``data/`` and that folder
+moves to the chat's workspace: renames keep the folder's identity, so the sandbox's bind
+mount now shows the chat's files — no restart, and pandas is already imported. In
+``bwrap`` mode ``outputs/`` is a filesystem of its own per chat (the disk quota, see
+:mod:`datasources.sandbox.disk`): a new chat keeps the slot's, and a chat that has one
+has it mounted over the slot's, which the running sandbox sees by mount propagation.
+
+Live sessions are capped per owner (``max_sessions_per_owner``) and on the service
+(``max_sessions``): beyond a cap the least recently used session that is not running
+anything is closed to make room; when none can be, a start waits up to
+``start_wait_seconds`` for room on the service and otherwise fails with
+:class:`SessionLimitError` (HTTP 429 with Retry-After). At most ``concurrent_starts``
+kernels start at once, so a burst queues instead of starving the machine.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -20,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from datasources.config import SandboxLimits
-from datasources.sandbox.runtime import SandboxUnavailableError, bwrap_problem
+from datasources.sandbox.disk import Volumes, volume_problem
+from datasources.sandbox.runtime import (
+    SandboxUnavailableError,
+    SessionLimitError,
+    bwrap_problem,
+    isolation_problem,
+    sandbox_identity,
+)
 from datasources.sandbox.session import Session
 
 __all__ = ["SandboxManager"]
@@ -47,13 +65,30 @@ class SandboxManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = 0
+        self._failures = 0
         self._closed = False
+        self._owners: dict[str, str | None] = {}
+        """Chat -> owner, for every live session and every start in progress."""
+        self._room = asyncio.Condition()
+        self._starts = asyncio.Semaphore(limits.concurrent_starts)
+        self._volumes: Volumes | None = None
+        """Per-chat ``outputs/`` filesystems (``bwrap`` mode, once started)."""
 
     def problem(self) -> str | None:
         """Why code cannot run here (None when it can)."""
         if self.mode == "process":
             return None
-        return bwrap_problem()
+        problem = bwrap_problem()
+        if problem is not None:
+            return problem
+        try:
+            identity = sandbox_identity(self.limits)
+        except SandboxUnavailableError as exc:
+            return exc.message
+        problem = isolation_problem(identity, self.limits.processes, self.limits.memory_bytes)
+        if problem is not None:
+            return problem
+        return volume_problem(self.root / ".volumes")
 
     def require(self) -> None:
         problem = self.problem()
@@ -64,8 +99,12 @@ class SandboxManager:
             )
 
     async def start(self) -> None:
-        """Start the pool (if code can run here) and the idle-session culler."""
-        shutil.rmtree(self.pool_dir, ignore_errors=True)
+        """Start the pool (if code can run here) and the idle-session culler.
+
+        In ``bwrap`` mode, every chat's ``outputs/`` filesystem is mounted first, so the
+        service sees each chat's files whether or not it has a session.
+        """
+        await asyncio.to_thread(self._clear_pool)
         self.pool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.mode == "process":
             logger.warning(
@@ -76,6 +115,15 @@ class SandboxManager:
         elif (problem := self.problem()) is not None:
             logger.warning("Code execution is refused: %s", problem)
             return
+        else:
+            identity = sandbox_identity(self.limits)
+            self._volumes = Volumes(
+                self.root / ".volumes",
+                size=self.limits.workspace_quota_bytes,
+                uid=identity.uid,
+                gid=identity.gid,
+            )
+            await asyncio.to_thread(self._mount_chats, self._volumes)
         self._spawn(self._cull_forever())
         self._refill()
 
@@ -95,37 +143,171 @@ class SandboxManager:
             session = await self._new_session()
         except Exception as exc:
             logger.warning("A pre-started session failed to start: %s", type(exc).__name__)
+            self._failures += 1
+            # Try again later (a loaded machine recovers), backing off up to a minute.
+            self._spawn(self._refill_later(min(2.0**self._failures, 60.0)))
             return
         finally:
             self._filling -= 1
+        self._failures = 0
         if self._closed:
             await self._discard(session)
         else:
             self._warm.append(session)
 
+    async def _refill_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._closed:
+            self._refill()
+
+    def _clear_pool(self) -> None:
+        """Remove what a previous run left in the pool (slots, their mounts and images)."""
+        for slot in self.pool_dir.glob("slot-*"):
+            Volumes.release(slot / "outputs")
+        shutil.rmtree(self.pool_dir, ignore_errors=True)
+        for image in (self.root / ".volumes").glob("slot-*.img"):
+            image.unlink(missing_ok=True)
+
+    def _mount_chats(self, volumes: Volumes) -> None:
+        """Mount each chat's ``outputs/`` filesystem; drop images of deleted chats."""
+        for image in volumes.folder.glob("*.img"):
+            name = image.name.removesuffix(".img")
+            workspace = self.root / name
+            if name.startswith(("slot-", "probe-")):
+                continue
+            if not workspace.is_dir():
+                image.unlink(missing_ok=True)
+                continue
+            if not os.path.ismount(workspace / "outputs"):
+                try:
+                    volumes.mount(name, workspace / "outputs")
+                except OSError as exc:
+                    logger.warning("The outputs of chat %s could not be mounted: %s", name, exc)
+
     async def _new_session(self) -> Session:
         slot = self.pool_dir / f"slot-{secrets.token_hex(6)}"
         session = Session(slot, mode=self.mode, limits=self.limits)
-        await session.start()
+        volumes = self._volumes
+        if volumes is not None:
+            # Shared: the chat's filesystem, mounted over it later, reaches the sandbox.
+            await asyncio.to_thread(volumes.create, slot.name)
+            session.mount_slot = slot
+            try:
+                await asyncio.to_thread(
+                    volumes.mount, slot.name, slot / "outputs", shared=True, fresh=True
+                )
+            except BaseException:
+                await self._discard(session)
+                raise
+        try:
+            async with self._starts:
+                await session.start()
+        except BaseException:
+            await self._discard(session)
+            raise
         return session
 
     async def _discard(self, session: Session) -> None:
         await session.close()
-        if session.slot.is_relative_to(self.pool_dir):
-            shutil.rmtree(session.slot, ignore_errors=True)
+        await asyncio.to_thread(self._release_slot, session)
+
+    def _release_slot(self, session: Session) -> None:
+        """Unmount and remove a session's slot (and its image, if no chat took it)."""
+        slot = session.mount_slot
+        if slot is None:
+            if session.slot.is_relative_to(self.pool_dir):
+                shutil.rmtree(session.slot, ignore_errors=True)
+            return
+        session.mount_slot = None
+        Volumes.release(slot / "outputs")
+        if self._volumes is not None:
+            self._volumes.delete(slot.name)  # gone already when a chat took it
+        shutil.rmtree(slot, ignore_errors=True)
 
     def lock(self, key: str) -> asyncio.Lock:
         """One lock per chat: fetches and executions of a chat take turns."""
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def session(self, key: str, workspace: Path) -> tuple[Session, bool]:
-        """The chat's live session, or a warm one moved onto its workspace; (session, new)."""
+    async def session(
+        self, key: str, workspace: Path, *, owner: str | None = None
+    ) -> tuple[Session, bool]:
+        """The chat's live session, or a warm one moved onto its workspace; (session, new).
+
+        Raises:
+            SandboxUnavailableError: code cannot run here.
+            SessionLimitError: the owner's or the service's cap on live sessions is reached
+                and no session can be closed to make room in time.
+        """
         self.require()
         current = self._sessions.get(key)
         if current is not None and current.alive:
             return current, False
         if current is not None:
-            await current.close()
+            await self._drop(key)  # dead; the caller holds the chat's lock: keep it
+        await self._admit(key, owner)
+        try:
+            return await self._open(key, workspace)
+        except BaseException:
+            self._owners.pop(key, None)
+            await self._notify_room()
+            raise
+
+    async def _admit(self, key: str, owner: str | None) -> None:
+        """Reserve room for one more session of ``owner``: evict, wait, or refuse."""
+        deadline = time.monotonic() + self.limits.start_wait_seconds
+        while True:
+            mine = [k for k, o in self._owners.items() if owner is not None and o == owner]
+            if len(mine) >= self.limits.max_sessions_per_owner:
+                if await self._evict(owner):
+                    continue
+                raise SessionLimitError(
+                    f"This key already has {len(mine)} live Python sessions (the most "
+                    "allowed), all busy: try again when one finishes.",
+                    details={"retry_after": self._retry_after(), "limit": len(mine)},
+                )
+            if len(self._owners) < self.limits.max_sessions:
+                self._owners[key] = owner
+                return
+            if await self._evict(None):
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SessionLimitError(
+                    "The service is running as many Python sessions as it may, all busy: "
+                    "try again shortly.",
+                    details={"retry_after": self._retry_after()},
+                )
+            async with self._room:
+                # Woken when a session ends; and a few times a second, since a session
+                # that finishes running becomes evictable without ending.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=min(left, 0.25))
+
+    async def _evict(self, owner: str | None) -> bool:
+        """Close the least recently used idle session (of ``owner``, or anyone's)."""
+        idle = [
+            (session.last_used, key)
+            for key, session in self._sessions.items()
+            if (owner is None or self._owners.get(key) == owner)
+            and not self.lock(key).locked()
+            and not session.busy
+        ]
+        if not idle:
+            return False
+        _, key = min(idle)
+        logger.info("Closing the idle session of chat %s to make room.", key)
+        await self.end(key)
+        return True
+
+    def _retry_after(self) -> int:
+        """Seconds after which a session is likely to have finished (Retry-After)."""
+        return max(1, math.ceil(min(self.limits.timeout, self.limits.start_wait_seconds or 5)))
+
+    async def _notify_room(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
+    async def _open(self, key: str, workspace: Path) -> tuple[Session, bool]:
         session = None
         while self._warm:
             candidate = self._warm.pop(0)
@@ -136,10 +318,11 @@ class SandboxManager:
         self._refill()
         if session is None:
             session = await self._new_session()
-        await asyncio.to_thread(_adopt, session, workspace)
-        quota = self.limits.workspace_quota_bytes
-        data = workspace / "data"
-        session.disk_budget = lambda: max(quota - _disk_usage(data), 0)
+        try:
+            await asyncio.to_thread(_adopt, session, workspace, key, self._volumes)
+        except BaseException:
+            await self._discard(session)
+            raise
         if self.mode == "process":
             # No mount namespace: the kernel's folder was the slot, now gone; follow it.
             await session.execute(f"import os as _os; _os.chdir({str(workspace)!r}); del _os")
@@ -148,10 +331,17 @@ class SandboxManager:
 
     async def end(self, key: str) -> None:
         """Close a chat's session (its workspace stays)."""
-        session = self._sessions.pop(key, None)
         self._locks.pop(key, None)
+        await self._drop(key)
+
+    async def _drop(self, key: str) -> None:
+        """Close the chat's session and give its room back (its lock stays)."""
+        session = self._sessions.pop(key, None)
         if session is not None:
-            await session.close()
+            await self._discard(session)
+        if key in self._owners or session is not None:
+            self._owners.pop(key, None)
+            await self._notify_room()
 
     async def _cull_forever(self) -> None:
         while not self._closed:
@@ -179,39 +369,75 @@ class SandboxManager:
             with contextlib.suppress(BaseException):
                 await task
         for session in [*self._warm, *self._sessions.values()]:
-            await session.close()
+            await self._discard(session)
         self._warm.clear()
         self._sessions.clear()
-        shutil.rmtree(self.pool_dir, ignore_errors=True)
+        volumes, self._volumes = self._volumes, None
+        if volumes is not None:
+            await asyncio.to_thread(self._unmount_chats, volumes)
+        await asyncio.to_thread(self._clear_pool)
+
+    def _unmount_chats(self, volumes: Volumes) -> None:
+        for image in volumes.folder.glob("*.img"):
+            Volumes.release(self.root / image.name.removesuffix(".img") / "outputs")
+
+    async def discard(self, key: str, workspace: Path) -> None:
+        """Close a chat's session and free its ``outputs/`` filesystem (the chat is deleted).
+
+        The caller removes the workspace afterwards.
+        """
+        await self.end(key)
+        volumes = self._volumes
+        if volumes is not None:
+            await asyncio.to_thread(Volumes.release, workspace / "outputs")
+            await asyncio.to_thread(volumes.delete, key)
 
 
-def _disk_usage(folder: Path) -> int:
-    total = 0
-    for base, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(base, name)).st_blocks * 512
-    return total
-
-
-def _adopt(session: Session, workspace: Path) -> None:
+def _adopt(session: Session, workspace: Path, key: str, volumes: Volumes | None) -> None:
     """Make the session's bound folders the chat's ``data/`` and ``outputs/``."""
     slot = session.slot
     if slot == workspace:
         return
     workspace.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "outputs"):
+    names = ("data",) if volumes is not None else ("data", "outputs")
+    for name in names:
         ours, theirs = slot / name, workspace / name
         if theirs.is_dir():
-            for entry in list(theirs.iterdir()):
-                clash = ours / entry.name
-                if clash.is_dir() and not clash.is_symlink():
-                    shutil.rmtree(clash)  # the fresh slot's own (a cache): the chat's wins
-                elif clash.exists() or clash.is_symlink():
-                    clash.unlink()
-                os.rename(entry, clash)
+            _move_entries(theirs, ours)
             theirs.rmdir()
         os.rename(ours, theirs)
-    with contextlib.suppress(OSError):
-        slot.rmdir()
+    if volumes is not None:
+        outputs = workspace / "outputs"
+        if volumes.image(key).exists():
+            if not os.path.ismount(outputs):
+                volumes.mount(key, outputs)
+            # Over the slot's (shared) mount: the running sandbox sees the chat's files.
+            Volumes.bind(outputs, slot / "outputs")
+        else:
+            if outputs.is_dir() and not os.path.ismount(outputs):
+                # Files from before the chat had a filesystem: into the new one.
+                _move_entries(outputs, slot / "outputs")
+                outputs.rmdir()
+            volumes.rename(slot.name, key)
+            Volumes.bind(slot / "outputs", outputs)
+    else:
+        with contextlib.suppress(OSError):
+            slot.rmdir()
     session.slot = workspace
+
+
+def _move_entries(source: Path, target: Path) -> None:
+    """Move every entry of ``source`` into ``target`` (the target's clash loses).
+
+    Links are moved as links, never followed (the sandbox wrote these folders).
+    """
+    for entry in list(source.iterdir()):
+        clash = target / entry.name
+        if clash.is_dir() and not clash.is_symlink():
+            shutil.rmtree(clash)  # the fresh slot's own (a cache): the chat's wins
+        elif clash.exists() or clash.is_symlink():
+            clash.unlink()
+        try:
+            os.rename(entry, clash)
+        except OSError:  # another filesystem
+            shutil.move(str(entry), str(clash))

@@ -3,8 +3,9 @@
 The kernel's sockets are Unix sockets in a folder bound into the sandbox (a kernel in
 its own network namespace cannot reach the host's loopback). An execution collects the
 kernel's messages into typed parts; a wall-clock timeout interrupts the code, and if
-the kernel does not come back, kills the whole sandbox (its process group and PID
-namespace), so a grandchild cannot outlive it.
+the kernel does not come back, kills the whole sandbox. Every process of a session is in
+its cgroup: between executions all but bubblewrap and the kernel (known by pid from the
+start, never by name) are killed, and closing the session kills the cgroup as a unit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
 import re
@@ -22,7 +22,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,12 @@ from pydantic import BaseModel, Field
 from datasources import safefs
 from datasources.config import SandboxLimits
 from datasources.errors import DataSourceError
-from datasources.sandbox.runtime import LaunchPlan, SandboxUnavailableError, plan_launch
+from datasources.sandbox.runtime import (
+    LaunchPlan,
+    SandboxUnavailableError,
+    plan_launch,
+    sandbox_identity,
+)
 
 __all__ = ["Execution", "OutputBudget", "Part", "Session"]
 
@@ -79,14 +83,19 @@ class Session:
         self._lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self._figures = 0
-        self.disk_budget: Callable[[], int] | None = None
-        """Returns how many bytes the code may write now (the chat's quota left)."""
-        self.disk_exceeded = False
+        self.mount_slot: Path | None = None
+        """The pool slot whose ``outputs/`` mount the sandbox was started on."""
         self._kernel_pid: int | None = None
+        self._keep: set[int] = set()
 
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def busy(self) -> bool:
+        """An execution is running (or waiting its turn)."""
+        return self._lock.locked()
 
     async def start(self, *, warm: bool = True) -> None:
         """Start the kernel and wait until it answers (and has pandas & co. imported)."""
@@ -94,9 +103,12 @@ class Session:
 
         for sub in ("data", "outputs"):
             (self.slot / sub).mkdir(parents=True, exist_ok=True)
+        if self.mode == "bwrap" and os.geteuid() == 0:
+            # The slot is ours and new: its outputs/ becomes the sandbox user's to write.
+            identity = sandbox_identity(self.limits)
+            os.chown(self.slot / "outputs", identity.uid, identity.gid)
         self.sockets.mkdir(mode=0o700, exist_ok=True)  # again, if an earlier start removed it
         key = secrets.token_hex(32)
-        host_file = self.sockets / "kernel.json"
         info = {
             "transport": "ipc",
             "ip": "",
@@ -109,85 +121,127 @@ class Session:
             "signature_scheme": "hmac-sha256",
             "kernel_name": "python3",
         }
-        plan = plan_launch(self.mode, self.slot, self.sockets, self.limits, str(host_file))
-        inside = {**info, "ip": f"{plan.socket_dir_inside}/k"}
-        # Inside, the code's user maps to the service's own user (without any capability),
-        # so the owner's permissions are the ones that count: 0600 keeps others out.
-        host_file.write_text(json.dumps(inside))
-        host_file.chmod(0o600)
+        plan = plan_launch(self.mode, self.slot, self.sockets, self.limits, info)
         self._plan = plan
-        self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once, never waits
-            plan.argv,
-            env=plan.env,
-            cwd=plan.cwd,
-            preexec_fn=plan.preexec,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        client = AsyncKernelClient()
-        host_info: dict[str, Any] = {**info, "ip": str(self.sockets / "k")}
-        client.load_connection_info(host_info)  # type: ignore[arg-type]
-        client.start_channels()
-        self._client = client
         try:
-            await client.wait_for_ready(timeout=60)
-        except Exception:
-            detail = self._stderr_tail()
+            self._process = subprocess.Popen(  # noqa: ASYNC220 - returns at once, never waits
+                plan.argv,
+                env=plan.env,
+                cwd=plan.cwd,
+                preexec_fn=plan.preexec,
+                pass_fds=plan.pass_fds,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("A Python session did not start: %s", exc)
             await self.close()
-            logger.warning("A Python session did not start: %s", detail)
             raise SandboxUnavailableError(
                 "The Python session did not start; the service log says why."
             ) from None
+        finally:
+            plan.close_fds()
+        client = AsyncKernelClient()
+        where = plan.host_socket_dir(self._process.pid, self.sockets)
+        client.load_connection_info({**info, "ip": str(where / "k")})  # type: ignore[typeddict-item]
+        client.start_channels()
+        self._client = client
+        try:
+            await self._wait_ready(client, timeout=120)
+        except Exception as exc:
+            detail = self._stderr_tail()
+            await self.close()
+            logger.warning("A Python session did not start: %s (%s)", detail, exc)
+            raise SandboxUnavailableError(
+                "The Python session did not start; the service log says why."
+            ) from None
+        if plan.staged:
+            await asyncio.to_thread(_seal, where)
         await asyncio.to_thread(self._find_kernel)
         if warm:
             await self.execute(_WARMUP, timeout=120)
         self.last_used = time.monotonic()
 
-    def _processes(self) -> dict[int, tuple[int, str]]:
-        """pid -> (parent pid, command line) of every process in the sandbox's cgroup."""
+    async def _wait_ready(self, client: Any, *, timeout: float) -> None:
+        """Wait for the kernel's first answer on shell *and* iopub, while it is alive.
+
+        jupyter_client's own wait judges liveness by heartbeats, which a kernel still
+        importing on a loaded machine has not sent yet: it gave up ("did not start")
+        after about a second. Here the process itself says whether it is alive.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            client.kernel_info()
+            try:
+                msg = await client.get_shell_msg(timeout=1)
+            except Exception:
+                msg = None
+            if msg is not None and msg.get("msg_type") == "kernel_info_reply":
+                try:
+                    await client.get_iopub_msg(timeout=0.5)
+                except Exception:
+                    pass  # iopub not connected yet: ask again
+                else:
+                    break
+            if not self.alive:
+                raise RuntimeError("the kernel exited")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer in {timeout:g} s")
+        while True:  # drain iopub
+            try:
+                await client.get_iopub_msg(timeout=0.2)
+            except Exception:
+                break
+
+    def _family(self) -> dict[int, int]:
+        """pid -> parent pid of every process in the sandbox's cgroup."""
         cgroup = self._plan.cgroup if self._plan is not None else None
-        info: dict[int, tuple[int, str]] = {}
+        info: dict[int, int] = {}
         for pid in cgroup.pids() if cgroup is not None else []:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            ppid = next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")
-            )
-            info[pid] = (ppid, cmdline.decode("utf-8", "replace"))
+            for line in status.splitlines():
+                if line.startswith("PPid:"):
+                    info[pid] = int(line.split()[1])
         return info
 
     def _find_kernel(self) -> None:
-        """Remember which process is the kernel (right after start, it is the only one)."""
-        info = self._processes()
-        bwraps = {pid for pid, (_, cmd) in info.items() if "bwrap" in cmd.split(" ", 1)[0]}
-        kernels = [
-            p
-            for p, (pp, cmd) in info.items()
-            if pp in bwraps and p not in bwraps and "ipykernel" in cmd
-        ]
-        self._kernel_pid = kernels[0] if len(kernels) == 1 else None
+        """Note the pids that make up the sandbox: bubblewrap, its init, the kernel.
+
+        Right after start they are the only processes in the cgroup, a chain from the
+        process we started. Processes are known by pid and parentage from then on, never
+        by name: code can call a process anything.
+        """
+        process = self._process
+        if process is None:
+            return
+        family = self._family()
+        chain = [process.pid]
+        while len(chain) < 3:
+            children = [pid for pid, parent in family.items() if parent == chain[-1]]
+            if len(children) != 1:
+                break
+            chain.append(children[0])
+        self._keep = set(chain)
+        self._kernel_pid = chain[-1] if len(chain) == 3 else None
 
     def _reap_strays(self) -> int:
         """Kill every process in the sandbox but bubblewrap and the kernel; how many.
 
         What code forks or starts (a fork bomb's copies, a grandchild left running past
-        a timeout) must not outlive the execution that made it. Orphans are re-parented to
-        bubblewrap's init, so the kernel is known by the pid noted at start, and passes
-        repeat until nothing new appears.
+        a timeout) must not outlive the execution that made it. The cgroup holds every
+        process the sandbox has (however it is named or re-parented); all but the pids
+        noted at start are killed, and passes repeat until nothing new appears.
         """
         if self._kernel_pid is None:
             return 0
         killed = 0
         for _ in range(50):
-            info = self._processes()
-            keep = {p for p, (_, cmd) in info.items() if "bwrap" in cmd.split(" ", 1)[0]}
-            keep.add(self._kernel_pid)
-            strays = [pid for pid in info if pid not in keep]
+            strays = [pid for pid in self._family() if pid not in self._keep]
             if not strays:
                 break
             for pid in strays:
@@ -212,64 +266,9 @@ class Session:
             finally:
                 self.last_used = time.monotonic()
 
-    def _written_bytes(self) -> int:
-        """Bytes in the folders the code can write to on the host's disk."""
-        total = 0
-        for folder in (self.slot / "outputs", self.sockets):
-            for base, _dirs, files in os.walk(folder):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        total += os.lstat(os.path.join(base, name)).st_blocks * 512
-        return total
-
-    async def _watch_disk(self, limit: int, started: float) -> None:
-        """Stop the session the moment its writes pass ``limit``; drop what it just wrote."""
-        while True:
-            await asyncio.sleep(0.2)
-            used = await asyncio.to_thread(self._written_bytes)
-            if used <= limit:
-                continue
-            self.disk_exceeded = True
-            await self.close()
-            return
-
-    def _remove_newer_than(self, started: float) -> None:
-        for base, _dirs, files in os.walk(self.slot / "outputs"):
-            for name in files:
-                path = os.path.join(base, name)
-                with contextlib.suppress(OSError):
-                    if os.lstat(path).st_mtime >= started - 1:
-                        os.unlink(path)
-
     async def _execute(self, code: str, timeout: float) -> Execution:
-        start = time.perf_counter()
-        self.disk_exceeded = False
-        limit = self.disk_budget() if self.disk_budget is not None else None
-        started = time.time()
-        watchdog = (
-            asyncio.create_task(self._watch_disk(limit, started)) if limit is not None else None
-        )
-        try:
-            result = await self._execute_watched(code, timeout, start)
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-                with contextlib.suppress(BaseException):
-                    await watchdog
-        if self.disk_exceeded:
-            await self.close()  # again: the watchdog may have been stopped half-way
-            await asyncio.to_thread(self._remove_newer_than, started)
-            result.ok = False
-            result.restarted = True
-            result.parts.append(
-                Part(
-                    type="error",
-                    name="QuotaExceeded",
-                    text="The code wrote more than the chat's quota allows: what it wrote was "
-                    "removed and the session was restarted.",
-                )
-            )
-        return result
+        # The disk quota needs no watching: outputs/ is a filesystem of the quota's size.
+        return await self._execute_watched(code, timeout, time.perf_counter())
 
     async def _execute_watched(self, code: str, timeout: float, start: float) -> Execution:
         client = self._client
@@ -438,6 +437,10 @@ class Session:
             with contextlib.suppress(Exception):
                 client.stop_channels()
         process, self._process = self._process, None
+        cgroup = self._plan.cgroup if self._plan is not None else None
+        if cgroup is not None:
+            # Every process of the session at once, whatever it forked or called itself.
+            await asyncio.to_thread(cgroup.kill)
         if process is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -445,11 +448,10 @@ class Session:
                 await asyncio.to_thread(process.wait, 10)
             if process.stderr is not None:
                 process.stderr.close()
-        if self._plan is not None and self._plan.cgroup is not None:
-            cgroup = self._plan.cgroup
+        if cgroup is not None:
             for _ in range(50):  # processes leave a cgroup a moment after they die
                 cgroup.remove()
-                if not any(path.exists() for path in cgroup.paths):
+                if not any(path.exists() for path in cgroup.paths.values()):
                     break
                 await asyncio.sleep(0.02)
         shutil.rmtree(self.sockets, ignore_errors=True)
@@ -514,6 +516,20 @@ class OutputBudget:
             text = raw.decode("utf-8", "ignore")
         self.kept += len(raw)
         return text
+
+
+def _seal(sockets: Path) -> None:
+    """Make the socket folder the kernel has bound its sockets in read-only to the sandbox.
+
+    The service connects to those sockets by name (and ZeroMQ reconnects by name): code
+    that replaced one with a link would send the service's connections elsewhere.
+    """
+    fd = os.open(sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
 
 
 def _append_stream(parts: list[Part], name: str, text: str) -> None:
