@@ -7,6 +7,7 @@ State lives under ``DATASOURCES_HOME`` (or ``--home``). Human output by default,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -916,8 +917,14 @@ def _demo_source(settings: Settings) -> Path:
     return samples
 
 
-async def _prepare_demo(settings: Settings) -> str:
-    """Register the sample folder and mint a fresh demo key (older demo keys are revoked)."""
+async def _prepare_demo(settings: Settings, *, new_key: bool = False) -> str:
+    """Register the sample folder; the demo key, kept across runs (a new one if asked).
+
+    The key itself is kept in ``<home>/demo.key`` (0600) beside the store and the
+    encryption key, so that scripts written against one ``make run`` keep working after
+    the next; the store holds only its hash, as for every key. A missing, unreadable or
+    revoked key, or ``new_key``, mints a fresh one and revokes the older demo keys.
+    """
     samples = _demo_source(settings)
     async with DataSourceRegistry.from_settings(settings) as registry:
         try:
@@ -933,12 +940,44 @@ async def _prepare_demo(settings: Settings) -> str:
                     tags=["demo"],
                 )
             )
-        keys = ApiKeys(registry.store)
+        keys = ApiKeys(registry.store, cache_seconds=0)
+        kept_file = settings.home / "demo.key"
+        if not new_key:
+            kept = await asyncio.to_thread(_read_demo_key, kept_file)
+            if kept is not None and await keys.authenticate(kept) is not None:
+                return kept
         for old in await keys.list_keys(owner=settings.owner):
             if old.name == "demo" and old.revoked_at is None:
                 await keys.revoke(old.id)
         created = await keys.create("demo", owner=settings.owner)
+        await asyncio.to_thread(_write_private, kept_file, created.key + "\n")
         return created.key
+
+
+def _read_demo_key(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        if os.fstat(handle.fileno()).st_mode & 0o077:
+            return None  # readable by others: not trusted, replaced by a new key
+        text = handle.read(256).strip()
+    return text or None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as a 0600 file, atomically (a new file renamed over)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 @app.command("serve")
@@ -952,8 +991,11 @@ def serve(
         typer.Option(
             "--demo",
             help="Embedded default: register the sample folder, allow loopback sources and "
-            "print a fresh API key.",
+            "print the demo API key (kept across runs in <home>/demo.key).",
         ),
+    ] = False,
+    new_key: Annotated[
+        bool, typer.Option("--new-key", help="With --demo: revoke the demo key, make a new one.")
     ] = False,
 ) -> None:
     """Run the HTTP service (FastAPI on uvicorn)."""
@@ -977,7 +1019,7 @@ def serve(
         settings = settings.model_copy(
             update={"allow_private_networks": True, "local_folder_roots": roots}
         )
-        key = _run(_prepare_demo(settings))
+        key = _run(_prepare_demo(settings, new_key=new_key))
         base = f"http://{api.host}:{api.port}"
         out.print(
             "[bold]datasources[/] — embedded default (SQLite store and key file in "
@@ -989,7 +1031,10 @@ def serve(
             + " (add more with DATASOURCES_LOCAL_FOLDER_ROOTS).",
             markup=False,
         )
-        out.print("API key (owner local, shown once):")
+        out.print(
+            f"API key (owner local; kept in {settings.home / 'demo.key'} across runs, "
+            "--new-key for a fresh one):"
+        )
         out.print(key, markup=False)
         out.print("Try:", markup=False)
         out.print(

@@ -1,8 +1,10 @@
-"""``serve --demo`` key handling (docs/deployment.md): each start revokes the previous
-demo key and prints a new one; other keys are untouched; keys are stored only hashed."""
+"""``serve --demo`` key handling (docs/deployment.md): the demo key is kept across runs
+(in a 0600 file beside the store), ``--new-key`` replaces it and revokes the old one,
+other keys are untouched, and the store keeps only hashes."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from datasources import DataSourceRegistry, Settings
@@ -10,23 +12,46 @@ from datasources.cli import _prepare_demo
 from datasources.keys import ApiKeys
 
 
-async def test_each_demo_start_revokes_the_previous_demo_key_only(tmp_path: Path) -> None:
+async def _live(settings: Settings, *keys: str) -> list[bool]:
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        checker = ApiKeys(registry.store, cache_seconds=0)
+        return [await checker.authenticate(k) is not None for k in keys]
+
+
+async def test_the_demo_key_is_kept_across_runs_until_a_new_one_is_asked_for(
+    tmp_path: Path,
+) -> None:
     settings = Settings(home=tmp_path / "home")
     first = await _prepare_demo(settings)
     async with DataSourceRegistry.from_settings(settings) as registry:
         other = await ApiKeys(registry.store).create("ci", owner=settings.owner)
-    second = await _prepare_demo(settings)
-    assert first.startswith("dsk_") and second.startswith("dsk_") and first != second
+    again = await _prepare_demo(settings)
+    assert first.startswith("dsk_") and again == first  # scripts keep working
+    kept = settings.home / "demo.key"
+    assert kept.read_text().strip() == first
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+    fresh = await _prepare_demo(settings, new_key=True)
+    assert fresh != first
+    assert await _live(settings, first, fresh, other.key) == [False, True, True]
+    assert kept.read_text().strip() == fresh
+
+    # A kept key that was revoked elsewhere, or a file others can read, is replaced.
     async with DataSourceRegistry.from_settings(settings) as registry:
-        keys = ApiKeys(registry.store, cache_seconds=0)
-        assert await keys.authenticate(first) is None  # revoked
-        assert await keys.authenticate(second) is not None
-        assert await keys.authenticate(other.key) is not None  # not a demo key: kept
-        live = [k for k in await keys.list_keys(owner=settings.owner) if k.revoked_at is None]
+        keys = ApiKeys(registry.store)
+        demo = next(k for k in await keys.list_keys() if k.revoked_at is None and k.name == "demo")
+        await keys.revoke(demo.id)
+    replaced = await _prepare_demo(settings)
+    assert replaced != fresh and await _live(settings, replaced) == [True]
+    kept.chmod(0o644)
+    assert await _prepare_demo(settings) != replaced
+
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        live = [k for k in await ApiKeys(registry.store).list_keys() if k.revoked_at is None]
         assert sorted(k.name for k in live) == ["ci", "demo"]
         # The sample source is registered once, however often the demo starts.
         assert [s.id for s in await registry.list_data_sources()] == ["samples"]
     stored = b"".join(p.read_bytes() for p in settings.home.glob("datasources.db*"))
-    for key in (first, second, other.key):
-        assert key.encode() not in stored  # only a hash of each key is kept
+    for key in (first, fresh, replaced, other.key):
+        assert key.encode() not in stored  # the store keeps only a hash of each key
         assert key.split("_", 1)[1].encode() not in stored
