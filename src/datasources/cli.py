@@ -225,6 +225,14 @@ def _emit_json(data: Any) -> None:
     out.print(json.dumps(data, default=default, indent=2), markup=False)
 
 
+def _item_size(item: DataItem) -> str:
+    """A file's size; a table's estimated rows (its on-disk size says little, often 0)."""
+    if str(item.kind) in ("table", "view"):
+        rows = item.metadata.get("estimated_rows")
+        return f"~{rows:,} rows" if isinstance(rows, int) else ""
+    return _human_size(item.size)
+
+
 def _human_size(size: int | None) -> str:
     if size is None:
         return ""
@@ -637,7 +645,7 @@ def ls(
     table = Table("path", "kind", "size", "modified")
     for item in page.items:
         modified = item.last_modified.strftime("%Y-%m-%d %H:%M") if item.last_modified else ""
-        table.add_row(item.path, str(item.kind), _human_size(item.size), modified)
+        table.add_row(item.path, str(item.kind), _item_size(item), modified)
     out.print(table)
     if page.next_cursor:
         err.print(f"more items: --cursor {page.next_cursor}", markup=False)
@@ -681,7 +689,7 @@ def get(
     with _progress() as bar:
         local = _run(_borrow(state, source, lambda c: _fetch(c, path, dest, bar)))
     workspace = Workspace(dest)
-    entry = workspace.lookup(path)
+    entry = workspace.entry_for(local)  # a table's file is named schema/table.parquet
     if state.json:
         _emit_json({"path": str(local), "provenance": entry})
     else:

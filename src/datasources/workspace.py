@@ -562,6 +562,16 @@ class Workspace:
             entries = dict(self._entries)
         return {p: e for p, e in entries.items() if (self.root / p).is_file()}
 
+    def entry_for(self, local: Path) -> ManifestEntry | None:
+        """The provenance of the workspace file ``local`` (however its remote was named)."""
+        try:
+            rel = self.relative(local)
+        except ValueError:
+            return None
+        with self._lock:
+            self._load()
+            return self._entries.get(rel)
+
     def lookup(self, remote_path: str) -> ManifestEntry | None:
         """The provenance of the file ``remote_path`` maps to, if recorded."""
         rel = self.relative(self.path_for(remote_path))

@@ -70,6 +70,7 @@ async def test_postgresql_query_schema_items_and_table_download(
     assert [i["path"] for i in items] == ["public.sales"]
     download = await api.request("GET", f"{SOURCES}/pg/download", params={"path": "public.sales"})
     assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+    assert 'filename="sales.csv"' in download.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(download.text)))
     assert (
         rows[0] == ["id", "region", "total"] and len(rows) == 101 and rows[1] == ["1", "US", "1.50"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -714,6 +715,14 @@ def test_cli_query(database: Database, tmp_path: Path) -> None:
     assert local.exit_code == 0
     not_db = runner.invoke(app, [*args, "query", "f", "SELECT 1"])
     assert not_db.exit_code == 1 and "does not run queries" in not_db.output
+    # A table in the terminal: listed with its estimated rows (not "0 B"), fetched with
+    # its provenance shown (not "sha256:?").
+    listed = runner.invoke(app, [*args, "ls", "warehouse"])
+    assert listed.exit_code == 0 and "rows" in listed.output and " 0 B" not in listed.output
+    got = runner.invoke(app, [*args, "get", "warehouse", "public.canary", str(tmp_path / "ws")])
+    assert got.exit_code == 0, got.output
+    assert "sha256:?" not in got.output and re.search(r"sha256:[0-9a-f]{64}", got.output)
+    assert got.output.split()[0].endswith("canary.parquet")
 
 
 async def test_profile_from_a_sample_from_pg_stats_and_of_a_query(

@@ -1281,7 +1281,9 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                 with contextlib.suppress(BaseException):
                     await producer
 
-        return ItemStream(item, chunks, "text/csv; charset=utf-8")
+        # Streamed as CSV: the download is named like a CSV file, not like the table.
+        named = item.model_copy(update={"name": f"{item.name}.csv"})
+        return ItemStream(named, chunks, "text/csv; charset=utf-8")
 
     async def export_query(
         self,
