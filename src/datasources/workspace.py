@@ -24,7 +24,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -483,20 +483,34 @@ class Workspace:
             raise UnsafePathError(f"{remote_path!r} is a folder in the workspace.")
         if self.byte_budget is not None:
             max_bytes = self.byte_budget if max_bytes is None else min(max_bytes, self.byte_budget)
-        file = await asyncio.to_thread(
-            AtomicFile,
-            target,
-            tmp_dir=self.tmp_dir,
-            max_bytes=max_bytes,
-            expected_size=expected_size,
-            expected_md5=expected_md5,
-            expected_sha256=expected_sha256,
-            durable=self.durable,
+        # The temp file is made in a worker thread; a cancellation that lands meanwhile must
+        # not leave it behind, so the thread is waited for and its file removed.
+        creating = asyncio.ensure_future(
+            asyncio.to_thread(
+                AtomicFile,
+                target,
+                tmp_dir=self.tmp_dir,
+                max_bytes=max_bytes,
+                expected_size=expected_size,
+                expected_md5=expected_md5,
+                expected_sha256=expected_sha256,
+                durable=self.durable,
+            )
         )
+        try:
+            file = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            await _finish_quietly(creating, lambda made: made.abort())
+            raise
         try:
             yield AsyncAtomicWriter(file)
         except BaseException:
-            await asyncio.to_thread(file.abort)
+            # Shielded: the temp file is gone before the error (or cancellation) goes on.
+            aborting = asyncio.ensure_future(asyncio.to_thread(file.abort))
+            try:
+                await asyncio.shield(aborting)
+            except asyncio.CancelledError:
+                await _finish_quietly(aborting, lambda _done: None)
             raise
         await asyncio.to_thread(file.commit)
         if self.byte_budget is not None:  # what this file took is no longer left
@@ -637,3 +651,12 @@ def md5_from_base64(value: str | None) -> bytes | None:
     except ValueError:
         return None
     return raw if len(raw) == 16 else None
+
+
+async def _finish_quietly(work: asyncio.Future[Any], then: Callable[[Any], None]) -> None:
+    """Wait for ``work`` even through further cancellations; run ``then`` on its result."""
+    while not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(work)
+    if not work.cancelled() and work.exception() is None:
+        await asyncio.to_thread(then, work.result())
