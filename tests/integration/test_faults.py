@@ -7,7 +7,9 @@ error), what is left on disk (nothing partial) and that the next call succeeds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,10 +45,11 @@ def _left_behind(workspace: Path) -> list[str]:
     return names + (["big.bin"] if (workspace / "big.bin").exists() else [])
 
 
-@pytest.mark.parametrize("fault", ["reset", "cut"])
-async def test_azure_connection_broken_mid_download(
-    fault: str, azurite: dict[str, str], container: Any, big_blob: bytes, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def _proxied_fetch(
+    azurite: dict[str, str], container: Any, workspace: Path, *, timeout: float
+) -> AsyncIterator[tuple[FaultProxy, AzureBlobConnector, asyncio.Task[Path]]]:
+    """A connector behind a throttled proxy, its fetch of big.bin under way (2 MiB in)."""
     host, port = urlsplit(azurite["url"]).netloc.split(":")
     async with FaultProxy(host, int(port)) as proxy:
         proxy.throttle(8 * 1024 * 1024)  # slow enough to break it half-way
@@ -55,50 +58,45 @@ async def test_azure_connection_broken_mid_download(
             "container_name": container.container_name,
             "chunk_size": 4 * 1024 * 1024,
             "max_concurrency": 2,
-            "timeout": 5,
+            "timeout": timeout,
         }
-        workspace = tmp_path / "ws"
         async with AzureBlobConnector(config, source_id="faulty") as connector:
             fetch = asyncio.create_task(connector.fetch_data("big.bin", workspace))
             await proxy.wait_for_bytes(down=2 * 1024 * 1024)
-            proxy.refuse()  # retries find nobody either
-            proxy.reset() if fault == "reset" else proxy.cut()
-            with pytest.raises(DataSourceError) as info:
-                async with asyncio.timeout(120):
-                    await fetch
-            assert info.value.transient, info.value
-            assert _left_behind(workspace) == []
+            yield proxy, connector, fetch
 
-            proxy.heal()
-            local = await connector.fetch_data("big.bin", workspace)
-            assert local.read_bytes() == big_blob
+
+async def _fails_cleanly(fetch: asyncio.Task[Path], workspace: Path) -> None:
+    with pytest.raises(DataSourceError) as info:
+        # Bounded by the source's own timeout and retries, not by this one.
+        async with asyncio.timeout(120):
+            await fetch
+    assert info.value.transient, info.value
+    assert _left_behind(workspace) == []
+
+
+@pytest.mark.parametrize("fault", ["reset", "cut"])
+async def test_azure_connection_broken_mid_download(
+    fault: str, azurite: dict[str, str], container: Any, big_blob: bytes, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    async with _proxied_fetch(azurite, container, workspace, timeout=5) as (proxy, conn, fetch):
+        proxy.refuse()  # retries find nobody either
+        proxy.reset() if fault == "reset" else proxy.cut()
+        await _fails_cleanly(fetch, workspace)
+        proxy.heal()
+        local = await conn.fetch_data("big.bin", workspace)
+        assert local.read_bytes() == big_blob
 
 
 async def test_azure_stalled_mid_download_times_out(
     azurite: dict[str, str], container: Any, big_blob: bytes, tmp_path: Path
 ) -> None:
-    host, port = urlsplit(azurite["url"]).netloc.split(":")
-    async with FaultProxy(host, int(port)) as proxy:
-        proxy.throttle(8 * 1024 * 1024)
-        config = {
-            "connection_string": _through(proxy, azurite),
-            "container_name": container.container_name,
-            "chunk_size": 4 * 1024 * 1024,
-            "max_concurrency": 2,
-            "timeout": 2,
-        }
-        workspace = tmp_path / "ws"
-        async with AzureBlobConnector(config, source_id="stalled") as connector:
-            fetch = asyncio.create_task(connector.fetch_data("big.bin", workspace))
-            await proxy.wait_for_bytes(down=2 * 1024 * 1024)
-            proxy.stall()
-            with pytest.raises(DataSourceError) as info:
-                # Bounded by the source's own timeout (and its retries), not by this one.
-                async with asyncio.timeout(120):
-                    await fetch
-            assert info.value.transient, info.value
-            assert _left_behind(workspace) == []
-            proxy.cut()
-            proxy.heal()
-            local = await connector.fetch_data("big.bin", workspace)
-            assert local.read_bytes() == big_blob
+    workspace = tmp_path / "ws"
+    async with _proxied_fetch(azurite, container, workspace, timeout=2) as (proxy, conn, fetch):
+        proxy.stall()
+        await _fails_cleanly(fetch, workspace)
+        proxy.cut()
+        proxy.heal()
+        local = await conn.fetch_data("big.bin", workspace)
+        assert local.read_bytes() == big_blob

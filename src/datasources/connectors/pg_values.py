@@ -19,6 +19,7 @@ driver's own.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["install"]
@@ -100,28 +101,26 @@ def _timestamp_text(us: int, zone: str) -> str:
     return f"{date} {_time_text(rest)}{zone}{' BC' if bc else ''}"
 
 
-def _decode_timestamp(value: tuple[int]) -> dt.datetime | str:
-    (us,) = value
-    if us == _INT64_MAX:
-        return "infinity"
-    if us == _INT64_MIN:
-        return "-infinity"
-    try:
-        return _EPOCH + dt.timedelta(microseconds=us)
-    except OverflowError:
-        return _timestamp_text(us, "")
+def _timestamp_decoder(epoch: dt.datetime, zone: str) -> Callable[[tuple[int]], dt.datetime | str]:
+    """A decoder of microseconds since ``epoch``: a datetime, or the server's text when
+    Python cannot hold the value (infinities, years past 9999 or before 1)."""
+
+    def decode(value: tuple[int]) -> dt.datetime | str:
+        (us,) = value
+        if us == _INT64_MAX:
+            return "infinity"
+        if us == _INT64_MIN:
+            return "-infinity"
+        try:
+            return epoch + dt.timedelta(microseconds=us)
+        except OverflowError:
+            return _timestamp_text(us, zone)
+
+    return decode
 
 
-def _decode_timestamptz(value: tuple[int]) -> dt.datetime | str:
-    (us,) = value
-    if us == _INT64_MAX:
-        return "infinity"
-    if us == _INT64_MIN:
-        return "-infinity"
-    try:
-        return _EPOCH_UTC + dt.timedelta(microseconds=us)
-    except OverflowError:
-        return _timestamp_text(us, "+00")
+_decode_timestamp = _timestamp_decoder(_EPOCH, "")
+_decode_timestamptz = _timestamp_decoder(_EPOCH_UTC, "+00")
 
 
 def _encode_timestamp(value: dt.datetime) -> tuple[int]:
