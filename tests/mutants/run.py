@@ -109,32 +109,74 @@ def resolve_inside(root: Path, relative: PurePosixPath | str) -> Path:  # MUTANT
     ),
     Mutant(
         "sql-parser-accepts-all",
-        "sql_guard.check_read_only returns every statement without raising",
+        "the statement layer (pglast) finds no problem in any statement",
         (
             Edit(
                 "src/datasources/sql_guard.py",
                 """
+
+import dataclasses as _mutant_dc  # MUTANT
+
+_real_analyse = analyse
+
+
+def analyse(sql: str) -> Statement:  # MUTANT
+    try:
+        return _mutant_dc.replace(_real_analyse(sql), problem=None)
+    except ReadOnlyViolation:
+        return Statement(problem=None)
+
 
 def check_read_only(sql: str) -> str:  # MUTANT
     return sql
 """,
             ),
         ),
-        ("tests/api/test_query_refs.py",),
+        ("tests/integration/test_postgresql.py", "tests/api/test_query_refs.py"),
+        ("-k", "each_layer_alone or query_references"),
+    ),
+    Mutant(
+        "sql-catalog-accepts-all",
+        "the catalog layer (functions by allow-list, relations by schemas) allows everything",
+        (
+            Edit(
+                "src/datasources/sql_guard.py",
+                "\n\nCatalog.check = lambda self, statement, schemas=None: None  # MUTANT\n",
+            ),
+        ),
+        ("tests/integration/test_postgresql.py",),
+        ("-k", "each_layer_alone"),
     ),
     Mutant(
         "sql-read-write-transaction",
         "queries run in a READ WRITE transaction on a session that defaults to writable",
         (
-            Edit(PG, old="READ ONLY; ", new="READ WRITE; "),
             Edit(
                 PG,
-                old='"default_transaction_read_only": "on"',
-                new='"default_transaction_read_only": "off"',
+                old='mode = "READ ONLY" if self.transaction_check else "READ WRITE"',
+                new='mode = "READ WRITE"',
+            ),
+            Edit(
+                PG,
+                old='"default_transaction_read_only": "on" if self.transaction_check else "off",',
+                new='"default_transaction_read_only": "off",',
             ),
         ),
         ("tests/integration/test_postgresql.py",),
-        ("-k", "corpus"),
+        ("-k", "each_layer_alone"),
+    ),
+    Mutant(
+        "sql-privileged-roles-allowed",
+        "the privilege layer finds no privileged role on any connection",
+        (
+            Edit(
+                PG,
+                old="        reasons = _privileges(role)\n",
+                new="        reasons: list[str] = []  # MUTANT\n",
+            ),
+        ),
+        ("tests/integration/test_postgresql.py",),
+        ("-k", "privileged"),
     ),
     Mutant(
         "quota-never-exceeded-while-writing",
