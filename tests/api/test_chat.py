@@ -226,6 +226,7 @@ async def test_bad_references_are_refused_before_anything_is_fetched(chat_api: A
         ("x", [{"data_source_id": "files", "path": "/etc/passwd"}], 400),
         ("see @files:local.csv and @files:missing.csv", [], 404),  # local.csv not fetched either
         ("see @files:dir", [], 400),  # a folder named like a file
+        (" ".join(f"@files:f{i}.csv" for i in range(3000)), [], 400),  # at most 50 refs
     ]
     for content, refs, status in cases:
         body = {"content": content, "data_source_refs": refs}

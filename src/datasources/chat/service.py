@@ -170,9 +170,17 @@ class ChatService:
     ) -> list[tuple[DataRef, Any]]:
         """Every reference, validated, with its source; a clear 4xx error for a bad one."""
         registry = self.registry.scoped(owner)
+        mentions = parse_mentions(content)
+        if len(refs) + len(mentions) > MAX_REFERENCES:
+            raise InvalidInputError(
+                f"A message may hold at most {MAX_REFERENCES} references "
+                f"(this one has {len(refs) + len(mentions)}).",
+                details={"limit": MAX_REFERENCES},
+            )
         resolved: list[tuple[DataRef, Any]] = []
+        seen: set[tuple[str, str, str]] = set()
         for ref in list(refs) + [
-            await self._mention_ref(registry, m.source, m.target) for m in parse_mentions(content)
+            await self._mention_ref(registry, m.source, m.target) for m in mentions
         ]:
             try:
                 source = await registry.get_data_source(ref.data_source_id)
@@ -182,7 +190,9 @@ class ChatService:
                     details={"ref": ref.label()[:200]},
                 ) from None
             self._check_ref(ref, source.type)
-            if all(r != ref for r, _ in resolved):
+            key = (source.id, ref.kind, ref.target)
+            if key not in seen:
+                seen.add(key)
                 resolved.append((ref, source))
         for ref, source in resolved:
             if ref.kind in ("path", "table"):
@@ -504,17 +514,33 @@ class ChatService:
 
     # -- messages ---------------------------------------------------------------------
 
-    async def post(
-        self, owner: str, chat_id: str, content: str, refs: Sequence[DataRef]
-    ) -> AsyncIterator[Event]:
-        """Handle one user message; the reply's events, ending with ``done`` (or ``error``)."""
-        chat = await self.get_chat(owner, chat_id)
+    async def prepare(
+        self, owner: str, content: str, refs: Sequence[DataRef]
+    ) -> list[tuple[DataRef, Any]]:
+        """A message's references, every one checked (a clear 4xx) before anything runs."""
         if content.lstrip().startswith("/sql"):
             # The query runs in the database; only its result lands in the workspace.
             query = await self._sql_ref(owner, content, refs)
-            resolved = await self.resolve_refs(owner, "", [query])
-        else:
-            resolved = await self.resolve_refs(owner, content, refs)
+            return await self.resolve_refs(owner, "", [query])
+        return await self.resolve_refs(owner, content, refs)
+
+    async def post(
+        self,
+        owner: str,
+        chat_id: str,
+        content: str,
+        refs: Sequence[DataRef],
+        *,
+        resolved: list[tuple[DataRef, Any]] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Handle one user message; the reply's events, ending with ``done`` (or ``error``).
+
+        ``resolved`` is what :meth:`prepare` returned for this message, when the caller
+        checked the references already (they are not resolved twice).
+        """
+        chat = await self.get_chat(owner, chat_id)
+        if resolved is None:
+            resolved = await self.prepare(owner, content, refs)
         user = StoredMessage(
             id=_message_id(),
             chat_id=chat.id,
@@ -710,6 +736,9 @@ class ChatService:
                 kind = "error"
             yield Event(event=kind, data=part.model_dump(exclude_none=True)), [part]
 
+
+MAX_REFERENCES = 50
+"""References one message may hold, mentions and ``data_source_refs`` together."""
 
 MANIFEST = "manifest.json"
 SERVED_FOLDERS = ("data", "outputs", DISPLAYS)

@@ -218,8 +218,10 @@ def build_router(api: ApiSettings) -> APIRouter:
         chats = service(request)
         # References are checked before anything streams, so a bad one is a plain 4xx.
         chat = await chats.get_chat(caller.owner, chat_id)
-        await chats.resolve_refs(caller.owner, body.content, body.data_source_refs)
-        events = chats.post(caller.owner, chat.id, body.content, body.data_source_refs)
+        resolved = await chats.prepare(caller.owner, body.content, body.data_source_refs)
+        events = chats.post(
+            caller.owner, chat.id, body.content, body.data_source_refs, resolved=resolved
+        )
         if "text/event-stream" in request.headers.get("accept", ""):
             return StreamingResponse(
                 _sse(events),
