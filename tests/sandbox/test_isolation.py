@@ -138,9 +138,62 @@ async def test_proc_inside_shows_no_host_paths(
     for line in text.splitlines():
         if line.startswith("/proc/") and "cgroup" in line:
             assert "ds-" not in line and "process_api" not in line, line
-    # outputs/ is a filesystem of its own: its root, not a host folder.
+    # outputs/ is a folder of the chat's own filesystem: its path there, not a host folder.
     outputs = [line for line in text.splitlines() if " /workspace/outputs " in line]
-    assert outputs and all(line.split()[3] == "/" for line in outputs), outputs
+    assert outputs and all(line.split()[3] == "/outputs" for line in outputs), outputs
+
+
+_MOUNTS = (
+    "import os\n"
+    "for name in ['/proc/self/mountinfo', '/proc/self/mounts', '/proc/1/mountinfo']:\n"
+    "    print(name); print(open(name).read())\n"
+    "print(open('data/seen.txt').read())\n"
+    "try:\n"
+    "    open('data/mine.txt', 'w')\n"
+    "except OSError as exc:\n"
+    "    print('refused', exc.errno)\n"
+)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["created-chat", "unprepared-chat"])
+async def test_mountinfo_inside_shows_no_host_path(tmp_path: Path, prepared: bool) -> None:
+    # As the service runs: workspaces and the store under one home, a warm pool.
+    settings = Settings(home=tmp_path / "home")
+    limits = settings.sandbox_limits.model_copy(update={"pool_size": 1, "timeout": 20})
+    manager = SandboxManager(settings.workspaces_dir, mode="bwrap", limits=limits)
+    manager.require()
+    await manager.start()
+    try:
+        workspace = settings.workspaces_dir / "chat"
+        if prepared:
+            await manager.prepare("chat", workspace)  # what creating a chat does
+        else:
+            (workspace / "data").mkdir(parents=True)
+        (workspace / "data" / "seen.txt").write_text("fetched before the session")
+        while not manager._warm:  # noqa: ASYNC110 - the pool's first slot, adopted below
+            await asyncio.sleep(0.05)
+        session, new = await manager.session("chat", workspace, owner="o")
+        assert new
+        (workspace / "data" / "later.txt").write_text("fetched during the session")
+        result = await session.execute(_MOUNTS + "print(open('data/later.txt').read())\n")
+    finally:
+        await manager.close()
+    text = _out(result)
+    assert "fetched before the session" in text and "fetched during" in text, result.parts
+    assert "refused 30" in text, text  # EROFS: data/ is read-only inside
+    # The Python runtime is bound at its own path (nothing new to learn): set aside.
+    from datasources.sandbox.runtime import _python_roots
+
+    for root in _python_roots():
+        text = text.replace(str(root), "<python>")
+    repo = Path(__file__).parents[2].absolute()
+    for host in (tmp_path, settings.home, settings.workspaces_dir, Path.home(), repo):
+        assert str(host) not in text, (host, text)
+    info = text.split("/proc/self/mounts")[0].splitlines()
+    data = [line.split() for line in info if " /workspace/data " in line]
+    assert data and all(fields[3] in ("/", "/data") for fields in data), data
+    top = data[-1][5].split(",")  # the mount the code sees
+    assert {"ro", "nosuid", "nodev"} <= set(top), data
 
 
 _REFUSED = [
