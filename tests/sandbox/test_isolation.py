@@ -196,6 +196,71 @@ async def test_mountinfo_inside_shows_no_host_path(tmp_path: Path, prepared: boo
     assert {"ro", "nosuid", "nodev"} <= set(top), data
 
 
+def _mounted(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def _mountinfo() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
+def _loop_backings() -> list[str]:
+    """The files behind this machine's loop devices."""
+    return [
+        path.read_text().strip()
+        for path in Path("/sys/block").glob("loop*/loop/backing_file")
+        if path.exists()
+    ]
+
+
+async def test_a_restart_remounts_a_chat_and_deleting_it_frees_every_mount(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(home=tmp_path / "home")
+    limits = settings.sandbox_limits.model_copy(update={"pool_size": 1, "timeout": 20})
+    root = settings.workspaces_dir
+    workspace = root / "chat"
+    manager = SandboxManager(root, mode="bwrap", limits=limits)
+    await manager.start()
+    try:
+        await manager.prepare("chat", workspace)
+        (workspace / "data" / "fetched.csv").write_text("a\n1\n")
+        session, _ = await manager.session("chat", workspace, owner="o")
+        assert (await session.execute("open('outputs/made.txt', 'w').write('x')")).ok
+    finally:
+        await manager.close()
+    assert not _mounted(workspace / "data")  # the service stopped: nothing left
+    assert str(tmp_path) not in _mountinfo()
+
+    older = root / "older"  # a workspace from before chats had a filesystem
+    for sub, name in (("data", "old.csv"), ("outputs", "old.txt")):
+        (older / sub).mkdir(parents=True)
+        (older / sub / name).write_text(name)
+
+    manager = SandboxManager(root, mode="bwrap", limits=limits)
+    await manager.start()  # a restart: the chat's filesystem comes back
+    try:
+        for sub, name in (("data", "old.csv"), ("outputs", "old.txt")):
+            assert _mounted(older / sub) and (older / sub / name).read_text() == name
+        assert _mounted(workspace / "data") and _mounted(workspace / "outputs")
+        assert (workspace / "data" / "fetched.csv").read_text() == "a\n1\n"
+        assert (workspace / "outputs" / "made.txt").read_text() == "x"
+        image = manager.root / ".volumes" / "chat.ext4"
+        assert any(str(image) in backing for backing in _loop_backings())
+        await manager.discard("chat", workspace)  # the chat is deleted
+        assert not image.exists()
+        assert not _mounted(workspace / "data")
+        assert not _mounted(workspace / "outputs")
+        assert str(workspace) not in _mountinfo()
+        for _ in range(200):  # the loop device is let go as the last mount goes
+            if not any(str(image) in backing for backing in _loop_backings()):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(str(image) in backing for backing in _loop_backings())
+    finally:
+        await manager.close()
+
+
 _REFUSED = [
     # (system call, arguments) — each harmless if it were allowed, none may run.
     ("ptrace", (0, 0, 0, 0)),  # PTRACE_TRACEME
