@@ -124,9 +124,8 @@ class ChatService:
         now = datetime.now(UTC)
         chat = StoredChat(id=_new_id(), owner=owner, title=title, created_at=now, updated_at=now)
         await self.registry.store.add_chat(chat)
-        directory = self.workspace_dir(chat.id)
-        for sub in ("data", "outputs"):
-            await asyncio.to_thread((directory / sub).mkdir, parents=True, exist_ok=True)
+        # Its data/ and outputs/ (a filesystem of its own when code runs in bwrap).
+        await self.sandboxes.prepare(chat.id, self.workspace_dir(chat.id))
         return chat
 
     async def get_chat(self, owner: str, chat_id: str) -> StoredChat:

@@ -1,12 +1,13 @@
 """Sessions per chat, a pool of pre-started ones, and culling of idle ones.
 
 A pre-started session runs over an empty *slot* folder (``data/``, ``outputs/``). When a
-chat needs one, the chat's ``data/`` entries move into the slot's ``data/`` and that folder
-moves to the chat's workspace: renames keep the folder's identity, so the sandbox's bind
-mount now shows the chat's files — no restart, and pandas is already imported. In
-``bwrap`` mode ``outputs/`` is a filesystem of its own per chat (the disk quota, see
-:mod:`datasources.sandbox.disk`): a new chat keeps the slot's, and a chat that has one
-has it mounted over the slot's, which the running sandbox sees by mount propagation.
+chat needs one, the sandbox is made to show the chat's files — no restart, and pandas is
+already imported. In ``bwrap`` mode each chat's workspace is a filesystem of its own
+(the disk quota, see :mod:`datasources.sandbox.disk`), made when the chat is
+(:meth:`SandboxManager.prepare`): its folders are mounted over the slot's, which the
+running sandbox sees by mount propagation; a chat that has none yet keeps the slot's.
+In ``process`` mode the slot's folders are renamed into the chat's workspace (renames
+keep a folder's identity, and the kernel's working folder follows).
 
 Live sessions are capped per owner (``max_sessions_per_owner``) and on the service
 (``max_sessions``): beyond a cap the least recently used session that is not running
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from datasources.config import SandboxLimits
-from datasources.sandbox.disk import Volumes, volume_problem
+from datasources.sandbox.disk import FOLDERS, Volumes, move_entries, volume_problem
 from datasources.sandbox.runtime import (
     SandboxUnavailableError,
     SessionLimitError,
@@ -72,7 +73,7 @@ class SandboxManager:
         self._room = asyncio.Condition()
         self._starts = asyncio.Semaphore(limits.concurrent_starts)
         self._volumes: Volumes | None = None
-        """Per-chat ``outputs/`` filesystems (``bwrap`` mode, once started)."""
+        """Per-chat filesystems (``bwrap`` mode, once started)."""
 
     def problem(self) -> str | None:
         """Why code cannot run here (None when it can)."""
@@ -101,8 +102,9 @@ class SandboxManager:
     async def start(self) -> None:
         """Start the pool (if code can run here) and the idle-session culler.
 
-        In ``bwrap`` mode, every chat's ``outputs/`` filesystem is mounted first, so the
-        service sees each chat's files whether or not it has a session.
+        In ``bwrap`` mode, every chat's filesystem is mounted first (a workspace from before
+        chats had one gets one, its files moved in), so the service sees each chat's files
+        whether or not it has a session.
         """
         await asyncio.to_thread(self._clear_pool)
         self.pool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -163,39 +165,74 @@ class SandboxManager:
     def _clear_pool(self) -> None:
         """Remove what a previous run left in the pool (slots, their mounts and images)."""
         for slot in self.pool_dir.glob("slot-*"):
-            Volumes.release(slot / "outputs")
+            Volumes.release_workspace(slot)
         shutil.rmtree(self.pool_dir, ignore_errors=True)
-        for image in (self.root / ".volumes").glob("slot-*.img"):
+        volumes = self.root / ".volumes"
+        for image in [*volumes.glob("slot-*.ext4"), *volumes.glob("slot-*.img")]:
             image.unlink(missing_ok=True)
+        for where in [*volumes.glob("mnt-*"), *volumes.glob("ro-*")]:  # a crash's
+            Volumes.release(where)
+            with contextlib.suppress(OSError):
+                where.rmdir()
 
     def _mount_chats(self, volumes: Volumes) -> None:
-        """Mount each chat's ``outputs/`` filesystem; drop images of deleted chats."""
-        for image in volumes.folder.glob("*.img"):
-            name = image.name.removesuffix(".img")
-            workspace = self.root / name
-            if name.startswith(("slot-", "probe-")):
+        """Mount each chat's filesystem; give one to a workspace that has none."""
+        for image in [*volumes.folder.glob("*.ext4"), *volumes.folder.glob("*.img")]:
+            name = image.name.split(".")[0]
+            if not name.startswith(("slot-", "probe-")) and not (self.root / name).is_dir():
+                image.unlink(missing_ok=True)  # its chat was deleted
+        for workspace in self.root.iterdir():
+            if workspace.name.startswith(".") or not workspace.is_dir():
                 continue
-            if not workspace.is_dir():
-                image.unlink(missing_ok=True)
-                continue
-            if not os.path.ismount(workspace / "outputs"):
-                try:
-                    volumes.mount(name, workspace / "outputs")
-                except OSError as exc:
-                    logger.warning("The outputs of chat %s could not be mounted: %s", name, exc)
+            try:
+                self._settle(volumes, workspace.name, workspace)
+            except OSError as exc:
+                logger.warning("The files of chat %s could not be mounted: %s", workspace.name, exc)
+
+    @staticmethod
+    def _settle(volumes: Volumes, key: str, workspace: Path) -> None:
+        """Mount the chat's filesystem at ``workspace``, made first if it has none."""
+        if os.path.ismount(workspace / "data"):
+            return
+        if volumes.image(key).exists():
+            volumes.mount(key, workspace)
+            return
+        volumes.create(key)
+        try:
+            volumes.mount(key, workspace, keep=True)
+        except OSError:
+            Volumes.release_workspace(workspace)
+            volumes.image(key).unlink(missing_ok=True)
+            raise
+
+    async def prepare(self, key: str, workspace: Path) -> None:
+        """Give a new chat its filesystem (``bwrap`` mode; plain folders otherwise).
+
+        Made before anything is fetched, so a pre-started session takes the chat by a
+        mount, never by copying its files.
+        """
+        volumes = self._volumes
+        if volumes is None:
+            for sub in FOLDERS:
+                await asyncio.to_thread((workspace / sub).mkdir, parents=True, exist_ok=True)
+            return
+        async with self.lock(key):
+            try:
+                await asyncio.to_thread(self._settle, volumes, key, workspace)
+            except OSError as exc:
+                # Still usable: the first session moves its files onto the slot's.
+                logger.warning("Chat %s got no filesystem of its own yet: %s", key, exc)
 
     async def _new_session(self) -> Session:
         slot = self.pool_dir / f"slot-{secrets.token_hex(6)}"
         session = Session(slot, mode=self.mode, limits=self.limits)
         volumes = self._volumes
         if volumes is not None:
-            # Shared: the chat's filesystem, mounted over it later, reaches the sandbox.
+            # Shared: the chat's folders, mounted over these later, reach the sandbox.
             await asyncio.to_thread(volumes.create, slot.name)
             session.mount_slot = slot
             try:
-                await asyncio.to_thread(
-                    volumes.mount, slot.name, slot / "outputs", shared=True, fresh=True
-                )
+                await asyncio.to_thread(volumes.mount, slot.name, slot, shared=True)
             except BaseException:
                 await self._discard(session)
                 raise
@@ -219,7 +256,7 @@ class SandboxManager:
                 shutil.rmtree(session.slot, ignore_errors=True)
             return
         session.mount_slot = None
-        Volumes.release(slot / "outputs")
+        Volumes.release_workspace(slot)
         if self._volumes is not None:
             self._volumes.delete(slot.name)  # gone already when a chat took it
         shutil.rmtree(slot, ignore_errors=True)
@@ -378,66 +415,50 @@ class SandboxManager:
         await asyncio.to_thread(self._clear_pool)
 
     def _unmount_chats(self, volumes: Volumes) -> None:
-        for image in volumes.folder.glob("*.img"):
-            Volumes.release(self.root / image.name.removesuffix(".img") / "outputs")
+        for image in volumes.folder.glob("*.ext4"):
+            Volumes.release_workspace(self.root / image.name.removesuffix(".ext4"))
 
     async def discard(self, key: str, workspace: Path) -> None:
-        """Close a chat's session and free its ``outputs/`` filesystem (the chat is deleted).
+        """Close a chat's session and free its filesystem (the chat is deleted).
 
         The caller removes the workspace afterwards.
         """
         await self.end(key)
         volumes = self._volumes
         if volumes is not None:
-            await asyncio.to_thread(Volumes.release, workspace / "outputs")
+            await asyncio.to_thread(Volumes.release_workspace, workspace)
             await asyncio.to_thread(volumes.delete, key)
 
 
 def _adopt(session: Session, workspace: Path, key: str, volumes: Volumes | None) -> None:
-    """Make the session's bound folders the chat's ``data/`` and ``outputs/``."""
+    """Make the session's bound folders show the chat's ``data/`` and ``outputs/``."""
     slot = session.slot
     if slot == workspace:
         return
     workspace.mkdir(parents=True, exist_ok=True)
-    names = ("data",) if volumes is not None else ("data", "outputs")
-    for name in names:
-        ours, theirs = slot / name, workspace / name
-        if theirs.is_dir():
-            _move_entries(theirs, ours)
-            theirs.rmdir()
-        os.rename(ours, theirs)
-    if volumes is not None:
-        outputs = workspace / "outputs"
-        if volumes.image(key).exists():
-            if not os.path.ismount(outputs):
-                volumes.mount(key, outputs)
-            # Over the slot's (shared) mount: the running sandbox sees the chat's files.
-            Volumes.bind(outputs, slot / "outputs")
-        else:
-            if outputs.is_dir() and not os.path.ismount(outputs):
-                # Files from before the chat had a filesystem: into the new one.
-                _move_entries(outputs, slot / "outputs")
-                outputs.rmdir()
-            volumes.rename(slot.name, key)
-            Volumes.bind(slot / "outputs", outputs)
-    else:
+    if volumes is None:
+        for name in FOLDERS:
+            ours, theirs = slot / name, workspace / name
+            if theirs.is_dir():
+                move_entries(theirs, ours)
+                theirs.rmdir()
+            os.rename(ours, theirs)
         with contextlib.suppress(OSError):
             slot.rmdir()
+    elif volumes.image(key).exists():
+        SandboxManager._settle(volumes, key, workspace)
+        # Over the slot's (shared) mounts: the running sandbox sees the chat's files;
+        # data/ read-only from the first moment it shows there.
+        volumes.bind(workspace / "data", slot / "data", read_only=True)
+        volumes.bind(workspace / "outputs", slot / "outputs")
+    else:
+        # A chat with no filesystem yet takes the slot's (files it has move onto it).
+        for name in FOLDERS:
+            theirs = workspace / name
+            if theirs.is_dir():
+                move_entries(theirs, slot / name)
+                Volumes.release(theirs)
+        volumes.rename(slot.name, key)
+        for name in FOLDERS:
+            volumes.bind(slot / name, workspace / name)
     session.slot = workspace
-
-
-def _move_entries(source: Path, target: Path) -> None:
-    """Move every entry of ``source`` into ``target`` (the target's clash loses).
-
-    Links are moved as links, never followed (the sandbox wrote these folders).
-    """
-    for entry in list(source.iterdir()):
-        clash = target / entry.name
-        if clash.is_dir() and not clash.is_symlink():
-            shutil.rmtree(clash)  # the fresh slot's own (a cache): the chat's wins
-        elif clash.exists() or clash.is_symlink():
-            clash.unlink()
-        try:
-            os.rename(entry, clash)
-        except OSError:  # another filesystem
-            shutil.move(str(entry), str(clash))
