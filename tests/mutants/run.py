@@ -248,18 +248,17 @@ def check_read_only(sql: str) -> str:  # MUTANT
         ("-k", "stream"),
     ),
     Mutant(
-        "sandbox-sees-the-key-file",
-        "the service's key file is bound into the sandbox at its own path",
+        "sandbox-keeps-root",
+        "the launch never drops to the sandbox uid: the code runs as the service's root",
         (
             Edit(
                 "src/datasources/sandbox/runtime.py",
-                old="*_python_binds(),",
-                new="*_python_binds(), '--ro-bind-try', "
-                "os.environ.get('DATASOURCES_HOME', '/nonexistent') + '/secret.key', "
-                "os.environ.get('DATASOURCES_HOME', '/nonexistent') + '/secret.key',",
+                old="            os.setgid(identity.gid)\n            os.setuid(identity.uid)\n",
+                new="            pass  # MUTANT: no setgid/setuid\n",
             ),
         ),
-        ("tests/sandbox/test_escapes.py",),
+        ("tests/sandbox/test_isolation.py",),
+        ("-k", "not_host_root or configured_uid"),
     ),
 ]
 
