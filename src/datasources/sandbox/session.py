@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
+import zmq.asyncio
 from pydantic import BaseModel, Field
 
 from datasources import safefs
@@ -144,7 +146,14 @@ class Session:
             ) from None
         finally:
             plan.close_fds()
-        client = AsyncKernelClient()
+        # A context of the session's own, whose sockets refuse any message over a cap:
+        # the kernel (the code, which holds the HMAC key) could otherwise make the service
+        # receive and parse hundreds of megabytes on its event loop. A larger message drops
+        # that connection (ZeroMQ reconnects); the reply then misses it, and a reply that
+        # never completes ends in the usual timeout.
+        context = zmq.asyncio.Context()
+        context.setsockopt(zmq.MAXMSGSIZE, _max_message_bytes(self.limits))
+        client = AsyncKernelClient(context=context)
         where = plan.host_socket_dir(self._process.pid, self.sockets)
         client.load_connection_info({**info, "ip": str(where / "k")})  # type: ignore[typeddict-item]
         client.start_channels()
@@ -437,6 +446,8 @@ class Session:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.stop_channels()
+            with contextlib.suppress(Exception):
+                client.context.destroy(linger=0)
         process, self._process = self._process, None
         cgroup = self._plan.cgroup if self._plan is not None else None
         if cgroup is not None:
@@ -531,6 +542,15 @@ def _seal(sockets: Path) -> None:
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
+
+
+def _max_message_bytes(limits: SandboxLimits) -> int:
+    """The largest kernel message the service takes: what a reply could keep, with room.
+
+    Output past ``output_bytes`` is cut anyway; images arrive base64-encoded (4/3) in a
+    JSON message. Sixteen MiB at least, so ordinary figures always fit.
+    """
+    return max(16 * 1024 * 1024, 4 * limits.output_bytes)
 
 
 def _append_stream(parts: list[Part], name: str, text: str) -> None:
