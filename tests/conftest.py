@@ -39,6 +39,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
         if name.startswith("DATASOURCES_") and not name.startswith("DATASOURCES_TEST_"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATASOURCES_HOME", str(tmp_path / "home"))
+    # No disk floor under test: a test machine may have little free space (the floor's
+    # own test sets one).
+    monkeypatch.setenv("DATASOURCES_SANDBOX_LIMITS__MIN_FREE_DISK_BYTES", "0")
     install_log_redaction()
     yield
 

@@ -89,6 +89,15 @@ class SandboxLimits(BaseModel):
     idle_seconds: float = Field(default=900.0, gt=0, description="Idle sessions are closed.")
     pool_size: int = Field(default=2, ge=0, le=64, description="Sessions started ahead.")
     workspace_quota_bytes: int = Field(default=1024**3, ge=1024, description="Per chat.")
+    max_chats_per_owner: int = Field(
+        default=200, ge=1, description="Chats one owner may keep (each holds a workspace)."
+    )
+    min_free_disk_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Fetches into workspaces are refused while the disk holding them has less "
+        "free space than this (a floor for every owner, whatever each chat's quota).",
+    )
     workspace_max_age_days: float = Field(
         default=30.0, gt=0, description="Chats untouched this long are deleted with their files."
     )

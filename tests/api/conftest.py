@@ -58,7 +58,9 @@ def make_settings(tmp_path: Path, *, pool_size: int = 0, **api: Any) -> Settings
         allow_private_networks=True,  # PostgreSQL and Azurite run on loopback here
         local_folder_roots=[tmp_path / "data"],
         api=ApiSettings(**{"rate_limit_per_minute": 0, **api}),
-        sandbox_limits=SandboxLimits(pool_size=pool_size, timeout=10),
+        # No disk floor: a test machine may have little free space (the floor's own test
+        # sets one).
+        sandbox_limits=SandboxLimits(pool_size=pool_size, timeout=10, min_free_disk_bytes=0),
     )
 
 

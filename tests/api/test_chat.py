@@ -309,3 +309,32 @@ async def test_a_prefix_over_the_quota_is_refused_before_fetching(tmp_path: Path
         assert parts[0]["name"] == "limit_exceeded" and "4000 bytes" in parts[0]["text"]
         files = (await client.get(f"{CHATS}/{chat}/files", headers=headers)).json()["items"]
         assert files == []
+
+
+async def test_chats_per_owner_and_the_disk_floor_are_limits(tmp_path: Path) -> None:
+    """Quotas are per chat, so chats per owner are capped, and a disk floor holds for all."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.csv").write_bytes(b"a\n1\n")
+    settings = make_settings(tmp_path)
+    free = shutil.disk_usage(tmp_path).free
+    limits = settings.sandbox_limits.model_copy(
+        update={"max_chats_per_owner": 2, "min_free_disk_bytes": free + 1024**3}
+    )
+    settings = settings.model_copy(update={"sandbox_limits": limits})
+    async for client, headers in served(settings):
+        folder = {"name": "f", "type": "local_folder", "config": {"root": str(tmp_path / "data")}}
+        assert (await client.post(SOURCES, json=folder, headers=headers)).status_code == 201
+        first = (await client.post(CHATS, json={}, headers=headers)).json()["id"]
+        assert (await client.post(CHATS, json={}, headers=headers)).status_code == 201
+        third = await client.post(CHATS, json={}, headers=headers)
+        assert third.status_code == 413 and third.json()["code"] == "limit_exceeded"
+        full = await client.post(f"{CHATS}/{first}/messages", json={"content": "@f:f.csv"},
+                                 headers=headers)  # fmt: skip
+        part = full.json()["reply"]["parts"][0]
+        assert part["type"] == "error" and "disk is nearly full" in part["text"]
+        listed = (await client.get(f"{CHATS}/{first}/files", headers=headers)).json()["items"]
+        assert listed == []
+        await client.delete(f"{CHATS}/{first}", headers=headers)
+        assert (await client.post(CHATS, json={}, headers=headers)).status_code == 201

@@ -90,6 +90,7 @@ async def sandboxed(
         api=ApiSettings(rate_limit_per_minute=0),
         sandbox_limits=SandboxLimits(
             pool_size=1,
+            min_free_disk_bytes=0,
             timeout=4,
             memory_bytes=1024**3,
             file_size_bytes=50 * 1024**2,

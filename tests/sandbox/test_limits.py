@@ -87,7 +87,9 @@ def _settings(tmp_path: Path, **limits: float) -> Settings:
     return Settings(
         home=tmp_path / "home",
         api=ApiSettings(rate_limit_per_minute=0),
-        sandbox_limits=SandboxLimits(**{"pool_size": 0, "timeout": 30, **limits}),
+        sandbox_limits=SandboxLimits(
+            **{"pool_size": 0, "timeout": 30, "min_free_disk_bytes": 0, **limits}
+        ),
     )
 
 

@@ -20,7 +20,7 @@ def _settings(tmp_path: Path, mode: str) -> Settings:
         home=tmp_path / "home",
         sandbox=mode,
         api=ApiSettings(rate_limit_per_minute=0),
-        sandbox_limits=SandboxLimits(pool_size=0, timeout=5),
+        sandbox_limits=SandboxLimits(pool_size=0, timeout=5, min_free_disk_bytes=0),
     )
 
 

@@ -121,6 +121,13 @@ class ChatService:
     # -- chats -------------------------------------------------------------------------
 
     async def create_chat(self, owner: str, title: str = "") -> StoredChat:
+        cap = self.settings.sandbox_limits.max_chats_per_owner
+        # A chat's workspace costs disk up to its quota: chats per owner are capped too.
+        if len(await self.registry.store.list_chats(owner, limit=cap)) >= cap:
+            raise LimitExceededError(
+                f"You have {cap} chats, the most one owner may keep: delete some first.",
+                details={"limit": cap},
+            )
         now = datetime.now(UTC)
         chat = StoredChat(id=_new_id(), owner=owner, title=title, created_at=now, updated_at=now)
         await self.registry.store.add_chat(chat)
@@ -335,7 +342,15 @@ class ChatService:
         directory = self.workspace_dir(chat_id)
         quota = self.settings.sandbox_limits.workspace_quota_bytes
         registry = self.registry.scoped(owner)
+        floor = self.settings.sandbox_limits.min_free_disk_bytes
         for ref, source in refs:
+            free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
+            if free < floor:
+                raise LimitExceededError(
+                    "The service's disk is nearly full: nothing more is fetched until space "
+                    "is freed (delete chats, or ask the operator).",
+                    details={"ref": ref.label()[:200]},
+                )
             used = await asyncio.to_thread(self._used_bytes, directory)
             workspace = Workspace(directory / "data" / source.id)
             workspace.byte_budget = max(quota - used, 0)
