@@ -122,6 +122,9 @@ async def test_items_metadata_download_and_upload(api: Api) -> None:
     assert meta.json()["size"] == 8
     download = await api.request("GET", f"{SOURCES}/{source}/download", params={"path": "a.csv"})
     assert download.content == b"x,y\n1,2\n"
+    # The type comes from the source: the browser must neither sniff nor run the file.
+    assert download.headers["x-content-type-options"] == "nosniff"
+    assert download.headers["content-security-policy"] == "sandbox"
     assert download.headers["content-length"] == "8"
     assert "attachment" in download.headers["content-disposition"]
     upload = await api.request(

@@ -84,3 +84,11 @@ async def owner_registry(request: Request, caller: CurrentPrincipal) -> DataSour
 
 
 OwnerRegistry = Annotated[DataSourceRegistry, Depends(owner_registry)]
+
+
+INERT_FILE_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox",
+}
+"""Sent with every file the API serves: its bytes and its type come from someone else
+(sandboxed code, a remote endpoint), so a browser must neither sniff nor run it."""

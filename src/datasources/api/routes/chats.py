@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from datasources import safefs
 from datasources.api.paging import keyset_page
 from datasources.api.routes.datasources import COMMON, _problem
-from datasources.api.security import CurrentPrincipal
+from datasources.api.security import INERT_FILE_HEADERS, CurrentPrincipal
 from datasources.chat import ChatService, DataRef, Event
 from datasources.chat.service import FetchedFile
 from datasources.config import ApiSettings
@@ -312,8 +312,7 @@ def _stream_file(file: safefs.SafeFile, range_header: str | None = None) -> Resp
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Disposition": f"attachment; filename*=utf-8''{quote(file.name)}",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox",
+        **INERT_FILE_HEADERS,
         "Last-Modified": formatdate(file.mtime, usegmt=True),
     }
     try:

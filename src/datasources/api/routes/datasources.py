@@ -32,7 +32,7 @@ from datasources.api.schemas import (
     ItemPage,
     QueryRequest,
 )
-from datasources.api.security import OwnerRegistry
+from datasources.api.security import INERT_FILE_HEADERS, OwnerRegistry
 from datasources.config import ApiSettings
 from datasources.connectors.sql import as_sql
 from datasources.models import ConnectionStatus, DataItem
@@ -253,7 +253,10 @@ def build_router(api: ApiSettings) -> APIRouter:
             finally:
                 await lease.__aexit__(None, None, None)
 
-        headers = {"Content-Disposition": _content_disposition(stream.item.name)}
+        headers = {
+            "Content-Disposition": _content_disposition(stream.item.name),
+            **INERT_FILE_HEADERS,  # the type is the remote endpoint's: never trusted
+        }
         if stream.size is not None:
             headers["Content-Length"] = str(stream.size)
         if stream.item.etag:
