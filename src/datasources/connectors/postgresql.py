@@ -135,6 +135,29 @@ _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 _MAX_ROOTCERT_CHARS = 256 * 1024
 
 
+class _PinnedNameContext(ssl.SSLContext):
+    """A TLS context that checks the certificate against one fixed host name.
+
+    The connection goes to an address the outbound policy checked (so DNS cannot be asked
+    twice and answer differently the second time), while ``verify-full`` still needs the
+    server's *name* for the certificate check: every handshake uses that name, whatever
+    address the socket was opened to.
+    """
+
+    pinned_name: str | None = None
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        name = self.pinned_name if self.pinned_name is not None else server_hostname
+        return super().wrap_bio(incoming, outgoing, server_side, name, session)
+
+
 def _ca_context(rootcert: str | None) -> ssl.SSLContext:
     """The TLS context that trusts ``rootcert``: PEM text, ``system``, or none (system).
 
@@ -142,8 +165,10 @@ def _ca_context(rootcert: str | None) -> ssl.SSLContext:
     a server file on their behalf would tell them which files exist and what they hold.
     The certificate itself is given as PEM text.
     """
+    context = _PinnedNameContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks names
     if rootcert is None or rootcert == "system":
-        return ssl.create_default_context()
+        context.load_default_certs()
+        return context
     if len(rootcert) > _MAX_ROOTCERT_CHARS or _PEM_CERTIFICATE not in rootcert:
         raise _config_error(
             "sslrootcert",
@@ -151,9 +176,10 @@ def _ca_context(rootcert: str | None) -> ssl.SSLContext:
             "or 'system'; file paths are not read",
         )
     try:
-        return ssl.create_default_context(cadata=rootcert)
+        context.load_verify_locations(cadata=rootcert)
     except (ssl.SSLError, ValueError):
         raise _config_error("sslrootcert", "is not a valid PEM certificate") from None
+    return context
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:
@@ -544,13 +570,12 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             return
 
         params = self.config.connection_params()
-        host = params["host"]
+        name = host = params["host"]
         if self.outbound is not None:
-            # Connect to the address that was checked, not to a second DNS answer; a
-            # verify-full TLS check needs the name itself, so there the name is kept.
+            # Connect to the address that was checked, never to a second DNS answer; a
+            # verify-full certificate check still uses the name (_PinnedNameContext).
             addresses = await self.outbound.resolve(host, int(params.get("port", "5432")))
-            if params.get("sslmode") != "verify-full":
-                host = addresses[0]
+            host = addresses[0]
         kwargs: dict[str, Any] = {
             "host": host,
             "port": int(params.get("port", "5432")),
@@ -571,6 +596,8 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         }
         if params.get("sslmode"):
             kwargs["ssl"] = self._ssl(params["sslmode"], params.get("sslrootcert"))
+            if isinstance(kwargs["ssl"], _PinnedNameContext) and params["sslmode"] == "verify-full":
+                kwargs["ssl"].pinned_name = name
         if self.config.pgbouncer:
             kwargs["statement_cache_size"] = 0
         with self._errors("connecting"):
