@@ -175,3 +175,45 @@ def test_the_error_vocabulary_is_fixed() -> None:
 
     assert {"KeyError", "ValueError", "ZeroDivisionError", "Timeout"} <= ERROR_CLASSES
     assert "E_SSN_123_45_6789" not in ERROR_CLASSES and len(ERROR_CLASSES) < 100
+
+
+@pytest.mark.sandbox
+async def test_the_services_notes_on_code_output_do_not_reach_the_next_message(
+    tmp_path: Path, live_server_factory: Any
+) -> None:
+    """The session's own notes ("(N leftover process(es) were stopped)", "output cut at ...:
+    M more bytes") are reply text parts with an exact number the code chose; the next
+    message's history carries only what the model itself wrote."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "people.csv").write_text(f"name,ssn\nann,{SSN}\n")
+    code = (
+        "import pandas as pd\n"
+        "v = str(pd.read_csv('data/private/people.csv').ssn[0])\n"
+        "import subprocess\n"
+        "kept = [subprocess.Popen(['sleep', '60']) for _ in range(ord(v[0]) % 7 + 1)]\n"
+    )
+    model = ScriptedModel([
+        {"calls": [("fetch", {"source": "private", "path": "people.csv"})]},
+        {"calls": [("run_python", {"code": code})]},
+        {"content": "first answer"},
+        {"content": "second answer"},
+    ])  # fmt: skip
+    server = live_server_factory(model.app)
+    async for client, auth in _app_with_model(tmp_path, model, server):
+        body = {"name": "private", "type": "local_folder", "config": {"root": str(folder)}}
+        r = await client.post("/api/v1/datasources", headers=auth, json=body)
+        assert r.status_code == 201, r.text
+        chat = (await client.post("/api/v1/chats", json={}, headers=auth)).json()["id"]
+        for content in ("look", "and then?"):
+            r = await client.post(
+                f"/api/v1/chats/{chat}/messages", headers=auth, json={"content": content}
+            )
+            assert r.status_code == 200, r.text
+            parts = r.json()["reply"]["parts"]
+            if content == "look":
+                notes = [p["text"] for p in parts if p["type"] == "text"][:-1]
+                assert "(7 leftover process(es) were stopped)" in notes, parts  # the user sees it
+    history = [m for m in model.requests[-1]["messages"] if m["role"] == "assistant"]
+    assert history == [{"role": "assistant", "content": "first answer"}]
+    assert "leftover" not in json.dumps(model.requests)
