@@ -217,3 +217,15 @@ async def test_the_services_notes_on_code_output_do_not_reach_the_next_message(
     history = [m for m in model.requests[-1]["messages"] if m["role"] == "assistant"]
     assert history == [{"role": "assistant", "content": "first answer"}]
     assert "leftover" not in json.dumps(model.requests)
+
+
+@pytest.mark.parametrize(
+    ("n", "top", "label"),
+    [(0, 1000, "0"), (1, 1000, "1-9"), (9, 1000, "1-9"), (10, 1000, "10-99"),
+     (999, 1000, "100-999"), (1000, 1000, "1000+"), (10**9, 1000, "1000+"),
+     (99, 100, "10-99"), (100, 100, "100+"), (200, 100, "100+")],
+)  # fmt: skip
+def test_buckets_are_orders_of_magnitude(n: int, top: int, label: str) -> None:
+    from datasources.chat.assistant import bucket
+
+    assert bucket(n, top=top) == label

@@ -48,7 +48,7 @@ from datasources.sandbox.session import Execution, Part
 if TYPE_CHECKING:
     from datasources.chat.service import ChatService, Event
 
-__all__ = ["BUCKETS", "ERROR_CLASSES", "SYSTEM_PROMPT", "TOOLS", "run_assistant"]
+__all__ = ["BUCKETS", "ERROR_CLASSES", "SYSTEM_PROMPT", "TOOLS", "bucket", "run_assistant"]
 
 SYSTEM_PROMPT = """\
 You are a data analyst. You reach the user's data only through the tools given. Fetch
