@@ -142,15 +142,17 @@ _SQLSTATE_CLASSES = {
 _TABLE_REF = re.compile(r"[^\s.;()\"']+\.[^\s.;()\"']+")
 
 
-class NotSharedError(InvalidInputError):
-    """A tool refused on a non-sharing source; its message is fixed, so the model sees it."""
-
-    code = "not_shared"
-    default_message = (
-        "This source does not share its data with you: profile takes a table "
+# A refusal the service decides before touching data: its words are fixed, so the model
+# reads them (the answer is a tool result, not an error of the error tree: it never
+# reaches the HTTP API).
+_NOT_SHARED = json.dumps(
+    {
+        "error": "not_shared",
+        "message": "This source does not share its data with you: profile takes a table "
         "('schema.table') here, not SQL. Profile a table, or fetch the query and analyse "
-        "it with run_python (its output goes to the user, reduced for you to its shape)."
-    )
+        "it with run_python (its output goes to the user, reduced for you to its shape).",
+    }
+)
 
 
 def bucket(n: int, *, top: int = 1000) -> str:
@@ -190,15 +192,12 @@ def error_for_model(exc: BaseException, *, private: bool) -> str:
 
     A non-sharing source's errors keep our error code (a class attribute), the SQLSTATE's
     class with its fixed description, and a builtin exception name; every message is
-    dropped (server messages can quote the values they choke on) except the fixed text
-    of :class:`NotSharedError`.
+    dropped (server messages can quote the values they choke on).
     """
     if not private:
         if isinstance(exc, DataSourceError):
             return json.dumps({"error": exc.code, "message": exc.message})
         return json.dumps({"error": "bad_arguments", "message": str(exc)[:300]})
-    if isinstance(exc, NotSharedError):
-        return json.dumps({"error": NotSharedError.code, "message": NotSharedError.default_message})
     out: dict[str, Any] = {}
     if isinstance(exc, DataSourceError):
         code = type(exc).code  # the class's, never an attribute set on the instance
@@ -324,7 +323,7 @@ async def run_assistant(
         if private and not _TABLE_REF.fullmatch(subject):
             # A profile of model-written SQL is a value oracle (counts, fractions, distinct
             # counts of whatever the SQL computes): only the owner's tables are profiled.
-            raise NotSharedError()
+            return _NOT_SHARED
         async with registry.get_connector(source) as connector:
             if not hasattr(connector, "profile"):
                 raise InvalidInputError("Profiles are for database sources; fetch files instead.")
