@@ -196,7 +196,8 @@ async def test_no_value_of_a_non_sharing_source_reaches_the_model(
         {"content": "Done."},
     ])  # fmt: skip
     server = live_server_factory(model.app)
-    async for client, auth in _app_with_model(tmp_path, model, server):
+    # Ten tool calls: over the default budget of eight per message.
+    async for client, auth in _app_with_model(tmp_path, model, server, llm_max_steps=10):
         body = {"name": "warehouse", "type": "postgresql", "config": {"dsn": postgres_reader}}
         created = await client.post("/api/v1/datasources", json=body, headers=auth)
         assert created.status_code == 201, created.text
@@ -209,11 +210,15 @@ async def test_no_value_of_a_non_sharing_source_reaches_the_model(
     assert len(model.requests) == 6
     everything = json.dumps(model.requests)
     assert marker not in everything
-    # The model still learns what failed and the shape of what ran.
-    assert "22P02" in everything and "InvalidTextRepresentationError" in everything
-    assert "22012" in everything  # division by zero
-    assert "ValueError" in everything and "KeyError" in everything
-    assert '\\"columns\\": [\\"id\\", \\"name\\"]' in everything
+    # The model still learns what failed, in the service's fixed words, and the shape of
+    # what ran as orders of magnitude; never a full SQLSTATE, driver class or column name
+    # the code displayed.
+    assert '"sqlstate_class\\": \\"22\\"' in everything  # 22P02 and 22012 alike
+    assert "22P02" not in everything and "InvalidTextRepresentationError" not in everything
+    assert '"not_shared\\"' in everything  # the profiles of SQL are refused, in words
+    assert '"error_class\\": \\"ValueError\\"' in everything
+    assert '"error_class\\": \\"KeyError\\"' in everything
+    assert '"tables\\": \\"1-9\\", \\"table_rows\\": \\"1-9\\"' in everything
     # The user sees everything.
     shown = json.dumps(parts)
     assert f"{marker}-0" in shown

@@ -74,9 +74,14 @@ async def test_profile_and_run_python_withhold_rows_unless_the_source_shares(
     assert len(model.requests) == 4
     received = json.dumps(model.requests)
     tool_results = [m["content"] for m in model.requests[-1]["messages"] if m["role"] == "tool"]
-    assert len(tool_results) == 4 and not any('"error"' in r[:20] for r in tool_results)
+    assert len(tool_results) == 4
+    sql_profile = tool_results.pop(1)
+    assert not any('"error"' in r[:20] for r in tool_results)
     if shares:
         assert value in received  # the switch is what withholds, not a blanket filter
+        assert '"error"' not in sql_profile[:20]
     else:
         assert value not in received, [r for r in tool_results if value in r]
         assert '"v"' in "".join(tool_results)  # the shape (column names) is still shared
+        # A profile of SQL would profile whatever the model computes: refused, in words.
+        assert json.loads(sql_profile)["error"] == "not_shared"

@@ -653,9 +653,12 @@ class ChatService:
             if message.role == "user":
                 history.append({"role": "user", "content": message.content})
             else:
-                text = "\n".join(
-                    p.get("text", "") for p in message.parts if p.get("type") == "text"
-                )
+                # Only the model's own words: its answer is the last part of a reply. Other
+                # text parts are the sandbox session's notes ("N leftover processes were
+                # stopped", "M more bytes"), numbers code chose, maybe from data the model
+                # must not see.
+                last = message.parts[-1] if message.parts else {}
+                text = str(last.get("text") or "") if last.get("type") == "text" else ""
                 if text:
                     history.append({"role": "assistant", "content": text})
         return history
