@@ -89,6 +89,12 @@ class SandboxLimits(BaseModel):
     idle_seconds: float = Field(default=900.0, gt=0, description="Idle sessions are closed.")
     pool_size: int = Field(default=2, ge=0, le=64, description="Sessions started ahead.")
     workspace_quota_bytes: int = Field(default=1024**3, ge=1024, description="Per chat.")
+    prefix_max_items: int = Field(
+        default=10_000,
+        ge=1,
+        description="Items a prefix reference (@source:folder/) may list; a bigger listing is "
+        "refused with 413 as soon as it passes this or the chat's quota left.",
+    )
     workspace_max_age_days: float = Field(
         default=30.0, gt=0, description="Chats untouched this long are deleted with their files."
     )
