@@ -384,7 +384,7 @@ class ChatService:
                             total += listed.size or 0
                         if total > workspace.byte_budget:
                             raise LimitExceededError(
-                                f"{label} lists more than {total} bytes; the chat has "
+                                f"{label} lists at least {total} bytes; the chat has "
                                 f"{workspace.byte_budget} bytes of its quota left.",
                                 details={"ref": label[:200], "quota": quota},
                             )
