@@ -98,6 +98,12 @@ class SandboxLimits(BaseModel):
         description="Fetches into workspaces are refused while the disk holding them has less "
         "free space than this (a floor for every owner, whatever each chat's quota).",
     )
+    prefix_max_items: int = Field(
+        default=10_000,
+        ge=1,
+        description="Items a prefix reference (@source:folder/) may list; a bigger listing is "
+        "refused with 413 as soon as it passes this or the chat's quota left.",
+    )
     workspace_max_age_days: float = Field(
         default=30.0, gt=0, description="Chats untouched this long are deleted with their files."
     )

@@ -37,7 +37,7 @@ import os
 import platform
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -57,6 +57,7 @@ __all__ = [
     "remove",
     "replace_file",
     "split",
+    "usage",
 ]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -346,47 +347,114 @@ def replace_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> N
         raise
 
 
-def listing(dir_fd: int, *, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, int]]:
+MAX_DEPTH = 64
+"""Folders deeper than this below the walked folder are not entered (nor listed)."""
+MAX_ENTRIES = 200_000
+"""Entries (files and folders) a walk looks at before it stops."""
+
+
+def listing(
+    dir_fd: int,
+    *,
+    skip: frozenset[str] = frozenset(),
+    max_depth: int = MAX_DEPTH,
+    max_entries: int = MAX_ENTRIES,
+) -> Iterator[tuple[str, int]]:
     """Every regular file beneath ``dir_fd`` as (relative path, size), sorted by name.
 
     Folders are entered through descriptors opened without following links; links,
     fifos, sockets and devices are not listed. Names in ``skip`` are left out at the top.
+    The walk is bounded (see :func:`files`): what is beyond the caps is not listed.
     """
-    for path, st in files(dir_fd, skip=skip):
+    for path, st in files(dir_fd, skip=skip, max_depth=max_depth, max_entries=max_entries):
         yield path, st.st_size
 
 
 def files(
-    dir_fd: int, *, skip: frozenset[str] = frozenset()
-) -> Iterator[tuple[str, os.stat_result]]:
+    dir_fd: int,
+    *,
+    skip: frozenset[str] = frozenset(),
+    max_depth: int = MAX_DEPTH,
+    max_entries: int = MAX_ENTRIES,
+) -> Generator[tuple[str, os.stat_result], None, bool]:
     """Like :func:`listing`, with each file's ``lstat`` (sizes, blocks, times).
 
     What a watchdog needs to count or prune a sandbox-writable folder: e.g. remove what
     changed since a moment with ``remove(dir_fd, path)`` for each path whose ``st_mtime``
     is newer — every step relative to descriptors, none through a link.
+
+    The tree is the sandbox's to shape, so the walk is iterative (no recursion to
+    exhaust), holds one descriptor at a time (each folder is opened from ``dir_fd`` by its
+    path of names, listed and closed before the next), enters no folder deeper than
+    ``max_depth`` and looks at no more than ``max_entries`` entries. The generator's
+    return value says whether the walk was complete (nothing left out by a cap).
     """
-    yield from _files(dir_fd, "", skip)
+    # A stack of folders still to list, each with the entries of its parent that come
+    # after it: depth-first in name order, as a recursive walk would yield. Entries are
+    # counted as they are read, so what the walk holds is bounded by ``max_entries``.
+    stack: list[tuple[str, int, list[tuple[str, os.stat_result]]]] = []
+    found, complete = _entries(dir_fd, skip, max_entries)
+    left = max_entries - len(found)
+    prefix, depth = "", 0
+    while True:
+        while found:
+            name, st = found.pop()
+            if stat.S_ISREG(st.st_mode):
+                yield prefix + name, st
+            elif stat.S_ISDIR(st.st_mode):
+                if depth + 1 > max_depth:
+                    complete = False
+                    continue
+                try:
+                    sub = open_beneath(dir_fd, prefix + name, _DIR_FLAGS)
+                except (OSError, UnsafePathError) as exc:
+                    # Swapped for something else since it was listed: skipped. A path
+                    # too long to open is left out, and the walk says it is incomplete.
+                    if getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+                        complete = False
+                    continue
+                try:
+                    inner, whole = _entries(sub, frozenset(), left)
+                finally:
+                    os.close(sub)
+                left -= len(inner)
+                complete = complete and whole
+                stack.append((prefix, depth, found))
+                found, prefix, depth = inner, f"{prefix}{name}/", depth + 1
+        if not stack:
+            return complete
+        prefix, depth, found = stack.pop()
 
 
-def _files(dir_fd: int, prefix: str, skip: frozenset[str]) -> Iterator[tuple[str, os.stat_result]]:
+def _entries(
+    dir_fd: int, skip: frozenset[str], limit: int
+) -> tuple[list[tuple[str, os.stat_result]], bool]:
+    """At most ``limit`` of a folder's entries with their ``lstat``, last name first (so
+    they pop in name order), and whether that was all of them."""
+    found: list[tuple[str, os.stat_result]] = []
+    whole = True
     with os.scandir(dir_fd) as entries:
-        found = sorted(
-            (entry.name, entry.stat(follow_symlinks=False))
-            for entry in entries
-            if entry.name not in skip
-        )
-    for name, st in found:
-        if stat.S_ISREG(st.st_mode):
-            yield prefix + name, st
-        elif stat.S_ISDIR(st.st_mode):
-            try:
-                sub = open_beneath(dir_fd, name, _DIR_FLAGS)
-            except (OSError, UnsafePathError):
-                continue  # swapped for something else since it was listed: skipped
-            try:
-                yield from _files(sub, f"{prefix}{name}/", frozenset())
-            finally:
-                os.close(sub)
+        for entry in entries:
+            if entry.name in skip:
+                continue
+            if len(found) >= limit:
+                whole = False
+                break
+            found.append((entry.name, entry.stat(follow_symlinks=False)))
+    found.sort(reverse=True)
+    return found, whole
+
+
+def usage(dir_fd: int, *, skip: frozenset[str] = frozenset()) -> tuple[int, bool]:
+    """Bytes of regular files beneath ``dir_fd`` and whether the walk saw everything."""
+    total = 0
+    walk = files(dir_fd, skip=skip)
+    while True:
+        try:
+            _path, st = next(walk)
+        except StopIteration as stop:
+            return total, bool(stop.value)
+        total += st.st_size
 
 
 def remove(dir_fd: int, relative: str | PurePosixPath) -> None:

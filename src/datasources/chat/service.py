@@ -325,15 +325,40 @@ class ChatService:
             ) from None
 
     def _used_bytes(self, directory: Path) -> int:
-        """Bytes of regular files in the chat's workspace, walked through descriptors."""
+        """Bytes the chat's workspace holds, reached through descriptors only.
+
+        ``outputs/`` is, under bwrap, a filesystem of its own (the kernel's disk quota):
+        its usage is read from the filesystem (``fstatvfs``), whatever tree the sandbox
+        made there. The rest is walked, and a walk cut short by its caps (a tree too big
+        or too deep to count) refuses rather than under-count the quota.
+        """
         try:
             anchor = safefs.open_anchor(directory)
         except DataSourceError:
             return 0
         try:
-            return sum(size for _path, size in safefs.listing(anchor))
+            skip: frozenset[str] = frozenset()
+            mounted = 0
+            with contextlib.suppress(OSError, DataSourceError):
+                outputs = safefs.open_dir(anchor, "outputs")
+                try:
+                    if os.fstat(outputs).st_dev != os.fstat(anchor).st_dev:
+                        fs = os.fstatvfs(outputs)
+                        mounted = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+                        skip = frozenset({"outputs"})
+                finally:
+                    os.close(outputs)
+            total, complete = safefs.usage(anchor, skip=skip)
         finally:
             os.close(anchor)
+        if not complete:
+            raise LimitExceededError(
+                "The chat's workspace has too many files, or folders nested too deep, to "
+                f"count its quota (more than {safefs.MAX_ENTRIES} entries or "
+                f"{safefs.MAX_DEPTH} levels); remove some of them first.",
+                details={"max_entries": safefs.MAX_ENTRIES, "max_depth": safefs.MAX_DEPTH},
+            )
+        return total + mounted
 
     async def fetch(
         self, owner: str, chat_id: str, refs: Sequence[tuple[DataRef, Any]], message_id: str
@@ -367,15 +392,27 @@ class ChatService:
                         )
                     local = [await connector.fetch_data(ref.target, workspace)]
                 elif ref.kind == "prefix":
-                    listed = await connector.list_items(ref.target)
-                    total = sum(i.size or 0 for i in listed if i.kind == "file")
-                    if total > workspace.byte_budget:
-                        raise LimitExceededError(
-                            f"{label} lists {total} bytes; the chat has "
-                            f"{workspace.byte_budget} bytes of its quota left.",
-                            details={"ref": label[:200], "quota": quota},
-                        )
-                    report = await connector.fetch_prefix(ref.target, workspace)
+                    # Listed as a stream and refused as soon as it passes a cap: a
+                    # remote endpoint can list forever, and nothing of it is held.
+                    cap = self.settings.sandbox_limits.prefix_max_items
+                    count = total = 0
+                    async for listed in connector.iter_items(ref.target):
+                        count += 1
+                        if count > cap:
+                            raise LimitExceededError(
+                                f"{label} lists more than {cap} items, the most a reference "
+                                "may fetch; name a narrower folder.",
+                                details={"ref": label[:200], "max_items": cap},
+                            )
+                        if listed.kind == "file":
+                            total += listed.size or 0
+                        if total > workspace.byte_budget:
+                            raise LimitExceededError(
+                                f"{label} lists at least {total} bytes; the chat has "
+                                f"{workspace.byte_budget} bytes of its quota left.",
+                                details={"ref": label[:200], "quota": quota},
+                            )
+                    report = await connector.fetch_prefix(ref.target, workspace, max_items=cap)
                     if report.failed:
                         first = report.failed[0]
                         raise DataSourceError(

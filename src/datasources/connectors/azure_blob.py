@@ -90,6 +90,14 @@ _WRITE_PERMISSIONS = set("wdacmeuxy")  # SAS letters that allow changing data
 _DEFAULT_CHUNK = 8 * 1024 * 1024
 _READ_PIECE = 1024 * 1024
 _RANGE_RETRIES = 3
+# A List Blobs page of 5,000 blobs is about 1-2 KiB a blob with its properties (7-10 MiB);
+# user metadata (up to 8 KiB a blob) can make it bigger. A page over the cap is asked for
+# again with fewer results, down to _MIN_PAGE, and only then refused: memory stays bounded
+# whatever the endpoint sends, and a container with heavy metadata still lists.
+_LISTING_MAX_BYTES = 16 * 1024 * 1024
+_MIN_PAGE = 100
+# An error body is read for its <Code> only: a few hundred bytes in practice.
+_ERROR_MAX_BYTES = 64 * 1024
 
 
 # -- connection strings and SAS tokens -------------------------------------------------------
@@ -781,16 +789,32 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         )
         try:
             while True:
-                body = await pending
+                try:
+                    body = await pending
+                except _TooBig:
+                    if page_size <= _MIN_PAGE:
+                        raise IntegrityError(
+                            f"Azure Storage sent a listing page over "
+                            f"{_LISTING_MAX_BYTES // 2**20} MiB for {page_size} results; "
+                            "it was refused.",
+                            details={"max_bytes": _LISTING_MAX_BYTES},
+                        ) from None
+                    page_size = max(page_size // 8, _MIN_PAGE)
+                    pending = asyncio.create_task(
+                        self._list_request(prefix, delimiter, marker, page_size)
+                    )
+                    continue
                 following = _next_marker(body)
                 if following:
                     pending = asyncio.create_task(
                         self._list_request(prefix, delimiter, following, page_size)
                     )
-                items, _ = await asyncio.to_thread(_parse_listing, body)
+                items, _ = await asyncio.to_thread(_parse_listing, body, page_size)
+                del body
                 yield items, following
                 if not following:
                     return
+                marker = following
         finally:
             if not pending.done():
                 pending.cancel()
@@ -825,12 +849,15 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
                 async with self._session.get(
                     url, headers=headers, timeout=timeout, allow_redirects=False
                 ) as response:
-                    body: bytes = await response.read()
                     status = response.status
-                if status in _RETRYABLE_STATUS:
-                    raise _Transient(f"HTTP {status}")
-                if status != 200:
-                    raise self._listing_error(status, body)
+                    if status in _RETRYABLE_STATUS:
+                        raise _Transient(f"HTTP {status}")
+                    if status != 200:
+                        # Only the start of an error body is read (its <Code>): the rest
+                        # is never buffered, and the connection is dropped with it.
+                        head = await _read_capped(response, _ERROR_MAX_BYTES, cut=True)
+                        raise self._listing_error(status, head)
+                    body = await _read_capped(response, _LISTING_MAX_BYTES, cut=False)
                 return body
             except (_Transient, aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
                 if attempt == _RANGE_RETRIES:
@@ -852,7 +879,8 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         if status == 404:
             return NotFoundError(f"The container of source {self.source_id!r} does not exist.")
         logger.info("Azure listing failed: HTTP %s %s", status, code)
-        return DataSourceError(f"Azure Storage refused the listing (HTTP {status}).")
+        # The remote refused for a reason of its own: a bad gateway (502), not our fault.
+        return IntegrityError(f"Azure Storage refused the listing (HTTP {status}).")
 
     async def iter_items(
         self,
@@ -1216,10 +1244,23 @@ def _text(element: Any) -> str:
     return unquote(text) if element.get("Encoded") == "true" else text
 
 
-def _parse_listing(body: bytes) -> tuple[list[DataItem], str | None]:
-    """Items and the next marker of one List Blobs response."""
+# Elements a listing may hold per result asked for: a blob is about 30 (its properties)
+# plus its metadata keys. Counted on the bytes before parsing, since an element tree costs
+# ~100 bytes an element and a body of tiny elements (``<a/>``) would cost 25 times its size.
+_TAGS_PER_ITEM = 400
+
+
+def _parse_listing(body: bytes, max_items: int | None = None) -> tuple[list[DataItem], str | None]:
+    """Items and the next marker of one List Blobs response.
+
+    With ``max_items`` (the page size asked for), a body with more tags than such a page
+    can have, or more entries than asked for, is an unreadable listing: what the parse
+    builds stays proportional to the page, whatever the endpoint sends.
+    """
     from xml.etree import ElementTree
 
+    if max_items is not None and body.count(b"<") > (max_items + 10) * _TAGS_PER_ITEM:
+        raise UnavailableError("Azure Storage sent an unreadable listing.")
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
@@ -1227,42 +1268,48 @@ def _parse_listing(body: bytes) -> tuple[list[DataItem], str | None]:
     items: list[DataItem] = []
     blobs = root.find("Blobs")
     for entry in blobs if blobs is not None else ():
-        name_el = entry.find("Name")
-        if name_el is None:
-            continue
-        name = _text(name_el)
-        if entry.tag == "BlobPrefix":
-            items.append(AzureBlobConnector._dir(name))
-            continue
-        if entry.tag != "Blob":
-            continue
-        fields: dict[str, str] = {}
-        props = entry.find("Properties")
-        if props is not None:
-            for prop in props:
-                if prop.text:
-                    fields[prop.tag] = prop.text
-        metadata_el = entry.find("Metadata")
-        metadata = {m.tag: m.text or "" for m in metadata_el} if metadata_el is not None else {}
-        md5 = fields.get("Content-MD5")
-        size = fields.get("Content-Length")
-        items.append(
-            DataItem.trusted(
-                path=name,
-                name=name.rstrip("/").rsplit("/", 1)[-1],
-                kind=ItemKind.FILE,
-                size=int(size) if size is not None else None,
-                last_modified=_http_date(fields.get("Last-Modified")),
-                content_type=fields.get("Content-Type"),
-                etag=fields.get("Etag", "").strip('"') or None,
-                checksum=f"md5:{md5}" if md5 else None,
-                metadata=metadata,
-            )
-        )
+        item = _entry(entry)
+        if item is not None:
+            items.append(item)
+    if max_items is not None and len(items) > max_items:
+        raise UnavailableError("Azure Storage sent an unreadable listing.")
     next_marker = root.findtext("NextMarker") or None
     # Azurite sends a page's BlobPrefix entries before its blobs; the contract is path order.
     items.sort(key=lambda item: item.path)
     return items, next_marker
+
+
+def _entry(entry: Any) -> DataItem | None:
+    """The DataItem of one <Blob> or <BlobPrefix> element (None for anything else)."""
+    name_el = entry.find("Name")
+    if name_el is None:
+        return None
+    name = _text(name_el)
+    if entry.tag == "BlobPrefix":
+        return AzureBlobConnector._dir(name)
+    if entry.tag != "Blob":
+        return None
+    fields: dict[str, str] = {}
+    props = entry.find("Properties")
+    if props is not None:
+        for prop in props:
+            if prop.text:
+                fields[prop.tag] = prop.text
+    metadata_el = entry.find("Metadata")
+    metadata = {m.tag: m.text or "" for m in metadata_el} if metadata_el is not None else {}
+    md5 = fields.get("Content-MD5")
+    size = fields.get("Content-Length")
+    return DataItem.trusted(
+        path=name,
+        name=name.rstrip("/").rsplit("/", 1)[-1],
+        kind=ItemKind.FILE,
+        size=int(size) if size is not None and size.isdigit() else None,
+        last_modified=_http_date(fields.get("Last-Modified")),
+        content_type=fields.get("Content-Type"),
+        etag=fields.get("Etag", "").strip('"') or None,
+        checksum=f"md5:{md5}" if md5 else None,
+        metadata=metadata,
+    )
 
 
 def _next_marker(body: bytes) -> str | None:
@@ -1277,6 +1324,25 @@ def _next_marker(body: bytes) -> str | None:
 
     marker = unescape(body[start + len(b"<NextMarker>") : end].decode("utf-8", "replace"))
     return marker or None
+
+
+async def _read_capped(response: Any, cap: int, *, cut: bool) -> bytes:
+    """The body of an aiohttp response, never more than ``cap`` bytes of it in memory.
+
+    Past the cap, ``cut`` returns what was read (an error body, read for its code only);
+    otherwise :class:`_TooBig` is raised as soon as the cap is passed (or announced).
+    """
+    length = response.content_length
+    if not cut and length is not None and length > cap:
+        raise _TooBig()
+    body = bytearray()
+    async for piece in response.content.iter_chunked(_READ_PIECE):
+        body += piece
+        if len(body) > cap:
+            if cut:
+                return bytes(body[:cap])
+            raise _TooBig()
+    return bytes(body)
 
 
 def _error_code(body: bytes) -> str | None:
@@ -1294,3 +1360,7 @@ class _Changed(Exception):
 
 class _Transient(Exception):
     """A retryable failure of one range."""
+
+
+class _TooBig(Exception):
+    """A listing body passed the cap (asked for again with fewer results)."""

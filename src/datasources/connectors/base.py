@@ -377,14 +377,20 @@ class BaseConnector(ABC, Generic[ConfigT]):
         workspace_dir: Path | str | Workspace,
         *,
         concurrency: int = 4,
+        max_items: int | None = 100_000,
     ) -> FetchReport:
         """Fetch every file under a prefix (or matching a glob) with bounded concurrency.
 
         Each item's failure (unsafe name, over the limit, vanished…) is reported and the
-        rest completes; only the listing itself failing raises.
+        rest completes; only the listing itself failing raises. The listing is streamed,
+        and more than ``max_items`` items (``None``: no cap) raise
+        :class:`LimitExceededError` — a remote endpoint can list forever, and the report
+        would grow with it.
         """
         if not 1 <= concurrency <= 64:
             raise InvalidInputError("concurrency must be between 1 and 64.")
+        if max_items is not None and max_items < 1:
+            raise InvalidInputError("max_items must be >= 1.")
         workspace = Workspace.of(workspace_dir)
         is_glob = any(c in prefix_or_glob for c in "*?[")
         listing = (
@@ -413,7 +419,15 @@ class BaseConnector(ABC, Generic[ConfigT]):
 
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         try:
+            listed = 0
             async for item in listing:
+                listed += 1
+                if max_items is not None and listed > max_items:
+                    raise LimitExceededError(
+                        f"{prefix_or_glob!r} lists more than {max_items} items, the most "
+                        "one fetch takes; name a narrower prefix.",
+                        details={"max_items": max_items},
+                    )
                 if item.kind == ItemKind.FILE:
                     await queue.put(item)
             for _ in workers:
