@@ -327,38 +327,45 @@ class ChatService:
     def _used_bytes(self, directory: Path) -> int:
         """Bytes the chat's workspace holds, reached through descriptors only.
 
-        ``outputs/`` is, under bwrap, a filesystem of its own (the kernel's disk quota):
-        its usage is read from the filesystem (``fstatvfs``), whatever tree the sandbox
-        made there. The rest is walked, and a walk cut short by its caps (a tree too big
-        or too deep to count) refuses rather than under-count the quota.
+        Files are counted by a walk with caps. A walk cut short (the sandbox can make a
+        tree too big or too deep to count) falls back, where the workspace is a filesystem
+        of its own (under bwrap), on that filesystem's used blocks — an upper bound that
+        includes its own overhead — and refuses only where there is no such bound.
         """
         try:
             anchor = safefs.open_anchor(directory)
         except DataSourceError:
             return 0
         try:
-            skip: frozenset[str] = frozenset()
-            mounted = 0
-            with contextlib.suppress(OSError, DataSourceError):
-                outputs = safefs.open_dir(anchor, "outputs")
-                try:
-                    if os.fstat(outputs).st_dev != os.fstat(anchor).st_dev:
-                        fs = os.fstatvfs(outputs)
-                        mounted = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
-                        skip = frozenset({"outputs"})
-                finally:
-                    os.close(outputs)
-            total, complete = safefs.usage(anchor, skip=skip)
+            total, complete = safefs.usage(anchor)
+            if complete:
+                return total
+            devices: dict[str, int] = {}
+            used = 0
+            for name in ("data", "outputs"):
+                with contextlib.suppress(OSError, DataSourceError):
+                    folder = safefs.open_dir(anchor, name)
+                    try:
+                        devices[name] = os.fstat(folder).st_dev
+                        if name == "outputs" and devices[name] != os.fstat(anchor).st_dev:
+                            fs = os.fstatvfs(folder)
+                            used = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+                    finally:
+                        os.close(folder)
+            if used and devices.get("data") == devices.get("outputs"):
+                return used  # one filesystem holds data/ and outputs/
+            if used:
+                rest, rest_complete = safefs.usage(anchor, skip=frozenset({"outputs"}))
+                if rest_complete:
+                    return rest + used
         finally:
             os.close(anchor)
-        if not complete:
-            raise LimitExceededError(
-                "The chat's workspace has too many files, or folders nested too deep, to "
-                f"count its quota (more than {safefs.MAX_ENTRIES} entries or "
-                f"{safefs.MAX_DEPTH} levels); remove some of them first.",
-                details={"max_entries": safefs.MAX_ENTRIES, "max_depth": safefs.MAX_DEPTH},
-            )
-        return total + mounted
+        raise LimitExceededError(
+            "The chat's workspace has too many files, or folders nested too deep, to "
+            f"count its quota (more than {safefs.MAX_ENTRIES} entries or "
+            f"{safefs.MAX_DEPTH} levels); remove some of them first.",
+            details={"max_entries": safefs.MAX_ENTRIES, "max_depth": safefs.MAX_DEPTH},
+        )
 
     async def fetch(
         self, owner: str, chat_id: str, refs: Sequence[tuple[DataRef, Any]], message_id: str
