@@ -249,12 +249,17 @@ def check_read_only(sql: str) -> str:  # MUTANT
     ),
     Mutant(
         "sandbox-keeps-root",
-        "the launch never drops to the sandbox uid: the code runs as the service's root",
+        "the launch neither drops to the sandbox uid nor checks it did: the code runs as root",
         (
             Edit(
                 "src/datasources/sandbox/runtime.py",
                 old="            os.setgid(identity.gid)\n            os.setuid(identity.uid)\n",
                 new="            pass  # MUTANT: no setgid/setuid\n",
+            ),
+            Edit(  # and the launch's own last check that it is not root
+                "src/datasources/sandbox/runtime.py",
+                old="        if os.getuid() == 0 or os.geteuid() == 0:\n",
+                new="        if False:  # MUTANT\n",
             ),
         ),
         ("tests/sandbox/test_isolation.py",),
