@@ -44,9 +44,11 @@ MIN_VOLUME_BYTES = 2 * 1024**2
 FOLDERS = ("data", "outputs")
 """The folders of a chat's image (its root holds nothing else)."""
 
+# linux/mount.h and sched.h, for the libc calls below (shared with runtime.py's staging).
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_NOATIME = 1, 2, 4, 32, 1024
-_MS_BIND, _MS_PRIVATE, _MS_SHARED = 4096, 1 << 18, 1 << 20
+_MS_BIND, _MS_REC, _MS_PRIVATE, _MS_SLAVE, _MS_SHARED = 4096, 16384, 1 << 18, 1 << 19, 1 << 20
 _MNT_DETACH = 2
+_CLONE_NEWNS = 0x00020000
 
 
 @functools.cache
@@ -55,6 +57,7 @@ def _libc() -> Any:
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_char_p]  # fmt: skip
     libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.unshare.argtypes = [ctypes.c_int]
     return libc
 
 

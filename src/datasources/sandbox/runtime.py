@@ -56,6 +56,17 @@ from typing import Any
 
 from datasources.config import SandboxLimits
 from datasources.errors import LimitExceededError, UnavailableError
+from datasources.sandbox.disk import (
+    _CLONE_NEWNS,
+    _MS_BIND,
+    _MS_NODEV,
+    _MS_NOSUID,
+    _MS_RDONLY,
+    _MS_REC,
+    _MS_REMOUNT,
+    _MS_SLAVE,
+    _libc,
+)
 from datasources.sandbox.seccomp import filter_bpf
 
 __all__ = [
@@ -381,20 +392,6 @@ def _kernel_env(home: str) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
-
-
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
-_MS_BIND, _MS_REC, _MS_SLAVE = 4096, 16384, 1 << 19
-_CLONE_NEWNS = 0x00020000
-
-
-@functools.cache
-def _libc() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                           ctypes.c_char_p]  # fmt: skip
-    libc.unshare.argtypes = [ctypes.c_int]
-    return libc
 
 
 def _check(result: int, what: str) -> None:
