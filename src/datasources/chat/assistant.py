@@ -279,7 +279,8 @@ async def run_assistant(
     registry = service.registry.scoped(owner)
     user = content
     if fetched:
-        user += "\n\n(Fetched into the workspace: " + ", ".join(fetched) + ")"
+        # File names are the data's (whoever named the blob): delimited as data too.
+        user += "\n\n(Fetched into the workspace: " + as_data("workspace", fetched) + ")"
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
         *history,

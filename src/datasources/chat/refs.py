@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DataRef", "Mention", "parse_mentions"]
+__all__ = ["DataRef", "Mention", "parse_mentions", "replace_mentions"]
 
 
 class DataRef(BaseModel):
@@ -58,16 +58,36 @@ _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][\w.-]{0,199}):(\S+)")
 _TRAILING = ",;:!?)]}'\""
 
 
+def _mention(match: re.Match[str]) -> tuple[str, str]:
+    """(source, target) of a match, the sentence's trailing punctuation left out."""
+    source, target = match.group(1), match.group(2).rstrip(_TRAILING)
+    if target.endswith(".") and not target.endswith("/."):
+        target = target[:-1]
+    return source, target
+
+
 def parse_mentions(content: str) -> list[Mention]:
     """Every ``@source:target`` in ``content``, in order, without duplicates."""
     found: list[Mention] = []
     seen: set[tuple[str, str]] = set()
     for match in _MENTION.finditer(content):
-        source, target = match.group(1), match.group(2).rstrip(_TRAILING)
-        if target.endswith(".") and not target.endswith("/."):
-            target = target[:-1]
+        source, target = _mention(match)
         if not target or (source, target) in seen:
             continue
         seen.add((source, target))
         found.append(Mention(source=source, target=target))
     return found
+
+
+def replace_mentions(content: str, replacements: dict[tuple[str, str], str]) -> str:
+    """``content`` with each ``@source:target`` in ``replacements`` replaced, in one pass
+    (the punctuation after a mention is kept; other mentions are left as they are)."""
+
+    def replace(match: re.Match[str]) -> str:
+        source, target = _mention(match)
+        new = replacements.get((source, target))
+        if new is None:
+            return match.group(0)
+        return new + match.group(0)[len(source) + 2 + len(target) :]
+
+    return _MENTION.sub(replace, content)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 from datasources import safefs
 from datasources.chat.assistant import run_assistant
 from datasources.chat.llm import LLMProvider
-from datasources.chat.refs import DataRef, parse_mentions
+from datasources.chat.refs import DataRef, parse_mentions, replace_mentions
 from datasources.config import Settings
 from datasources.connectors.sql import as_sql
 from datasources.errors import (
@@ -255,7 +255,15 @@ class ChatService:
         databases: set[str] = set()
         for ref in refs:
             databases.add(ref.data_source_id)
-        for mention in parse_mentions(sql):
+        mentions = parse_mentions(sql)
+        if len(refs) + len(mentions) > MAX_REFERENCES:  # before any per-mention work
+            raise InvalidInputError(
+                f"A message may hold at most {MAX_REFERENCES} references "
+                f"(this one has {len(refs) + len(mentions)}).",
+                details={"limit": MAX_REFERENCES},
+            )
+        quoted: dict[tuple[str, str], str] = {}
+        for mention in mentions:
             try:
                 source = await registry.get_data_source(mention.source)
             except NotFoundError:
@@ -270,12 +278,10 @@ class ChatService:
                     "'schema.table' of a database source."
                 )
             databases.add(source.id)
-            quoted = ".".join('"' + part.replace('"', '""') + '"' for part in parts)
-            sql = re.sub(
-                r"(?<![\w@])@" + re.escape(mention.source) + ":" + re.escape(mention.target),
-                lambda _m, q=quoted: q,  # type: ignore[misc]
-                sql,
+            quoted[(mention.source, mention.target)] = ".".join(
+                '"' + part.replace('"', '""') + '"' for part in parts
             )
+        sql = replace_mentions(sql, quoted)
         if not sql:
             raise InvalidInputError("/sql needs a statement after it.")
         if not databases:
@@ -780,12 +786,16 @@ class ChatService:
 
     async def workspace_sources(self, chat_id: str) -> set[str]:
         """Ids of the sources whose data is in the chat's workspace."""
-        manifest = await asyncio.to_thread(_read_manifest, self.workspace_dir(chat_id))
+        directory = self.workspace_dir(chat_id)
+        manifest = await asyncio.to_thread(_read_manifest, directory)
         try:
             files = manifest["files"]
         except (KeyError, TypeError):
-            return set()
-        return {f["source_id"] for f in files.values() if f.get("source_id")}
+            files = {}
+        recorded = {f["source_id"] for f in files.values() if f.get("source_id")}
+        # A fetch that failed half-way leaves files it wrote but never recorded: a source's
+        # folder under data/ (the service's own, read-only to the sandbox) counts as well.
+        return recorded | await asyncio.to_thread(_data_folders, directory)
 
     async def _run(
         self, chat_id: str, code: str, owner: str
@@ -935,3 +945,12 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def _data_folders(directory: Path) -> set[str]:
+    """Names of the source folders under the chat's ``data/``."""
+    try:
+        with os.scandir(directory / "data") as entries:
+            return {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+    except OSError:
+        return set()
