@@ -408,9 +408,12 @@ def files(
                 try:
                     sub = open_beneath(dir_fd, prefix + name, _DIR_FLAGS)
                 except (OSError, UnsafePathError) as exc:
-                    # Swapped for something else since it was listed: skipped. A path
-                    # too long to open is left out, and the walk says it is incomplete.
-                    if getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+                    # Gone, or swapped for a non-folder since it was listed: skipped.
+                    # Anything else (no permission, a name too long) left something
+                    # uncounted, and the walk says it is incomplete.
+                    if getattr(exc, "errno", None) not in (errno.ENOENT, errno.ENOTDIR) and not (
+                        isinstance(exc, UnsafePathError)
+                    ):
                         complete = False
                     continue
                 try:
