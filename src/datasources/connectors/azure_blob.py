@@ -95,6 +95,8 @@ _RANGE_RETRIES = 3
 # again with fewer results, down to _MIN_PAGE, and only then refused: memory stays bounded
 # whatever the endpoint sends, and a container with heavy metadata still lists.
 _LISTING_MAX_BYTES = 16 * 1024 * 1024
+_MAX_EMPTY_PAGES = 100
+"""Empty listing pages in a row (each with a next marker) before a listing is refused."""
 _MIN_PAGE = 100
 # An error body is read for its <Code> only: a few hundred bytes in practice.
 _ERROR_MAX_BYTES = 64 * 1024
@@ -787,6 +789,7 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
         pending: asyncio.Task[bytes] = asyncio.create_task(
             self._list_request(prefix, delimiter, marker, page_size)
         )
+        empty_in_a_row = 0
         try:
             while True:
                 try:
@@ -811,6 +814,15 @@ class AzureBlobConnector(BaseConnector[AzureBlobConfig]):
                     )
                 items, _ = await asyncio.to_thread(_parse_listing, body, page_size)
                 del body
+                # Azure may answer an empty page with a marker now and then; an endpoint
+                # that does so without end would hold the caller forever.
+                empty_in_a_row = 0 if items else empty_in_a_row + 1
+                if following and empty_in_a_row >= _MAX_EMPTY_PAGES:
+                    raise IntegrityError(
+                        f"Azure Storage answered {_MAX_EMPTY_PAGES} empty listing pages in a "
+                        "row, each pointing to another; the listing was stopped.",
+                        details={"max_empty_pages": _MAX_EMPTY_PAGES},
+                    )
                 yield items, following
                 if not following:
                     return
