@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -115,6 +116,27 @@ def resolve_inside(root: Path, relative: PurePosixPath | str) -> Path:
     return resolved
 
 
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_limit() -> Iterator[None]:
+    """Turn "no space left" from the workspace's filesystem into a :class:`LimitExceededError`.
+
+    A chat's workspace is its own filesystem, which code in the sandbox can fill; a write
+    that meets a full disk is the user's limit being reached, not a fault of the service.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise LimitExceededError(
+            "The workspace's disk is full: delete files from it (e.g. in outputs/) and retry.",
+            details={"reason": "disk_full"},
+        ) from None
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -185,7 +207,8 @@ class AtomicFile:
         self.tmp_path = directory / f".{secrets.token_hex(8)}.part"
         # Read access too: positional transfers hash pieces back from the page cache.
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        self._fd: int | None = os.open(self.tmp_path, flags, 0o644)
+        with _disk_full_is_a_limit():  # no inode left is a full disk too
+            self._fd: int | None = os.open(self.tmp_path, flags, 0o644)
         self.sha256: str | None = None
         self.md5: bytes | None = None
 
@@ -202,9 +225,10 @@ class AtomicFile:
             raise ValueError("The file is closed.")
         self._check_limit(self._extent + len(data))
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        with _disk_full_is_a_limit():
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
         self._update_digests(data)
         self._extent += len(data)
         self.bytes_written += len(data)
@@ -237,10 +261,11 @@ class AtomicFile:
         self._check_limit(end)
         view = memoryview(data)
         position = offset
-        while view:
-            written = os.pwrite(self._fd, view, position)
-            view = view[written:]
-            position += written
+        with _disk_full_is_a_limit():
+            while view:
+                written = os.pwrite(self._fd, view, position)
+                view = view[written:]
+                position += written
         with self._lock:
             self._sequential = False
             self._extent = max(self._extent, end)
@@ -302,6 +327,11 @@ class AtomicFile:
         """Verify, fsync and rename into place; on any failure the temp file is removed."""
         if self._fd is None:
             raise ValueError("The file is closed.")
+        with _disk_full_is_a_limit():  # fsync reports space the filesystem could not find
+            return self._commit()
+
+    def _commit(self) -> Path:
+        assert self._fd is not None
         try:
             if not self._sequential and not self._rehash:
                 self._advance_hash(None, -1, wait=True)
@@ -525,24 +555,41 @@ class Workspace:
                 boot_id=None if self.durable else _boot_id(),
                 **provenance,
             )
-            await asyncio.to_thread(self.record, entry)
+            try:
+                await asyncio.to_thread(self.record, entry)
+            except BaseException:
+                # Every file in a workspace knows where it came from: one whose provenance
+                # could not be recorded does not stay.
+                with contextlib.suppress(OSError):
+                    target.unlink()
+                raise
 
     def record(self, entry: ManifestEntry) -> None:
-        """Append one provenance entry (locked across processes, fsynced)."""
-        line = entry.model_dump_json() + "\n"
+        """Append one provenance entry (locked across processes, fsynced).
+
+        On a failed append (a full disk) the manifest is cut back to where it was: a torn
+        line would otherwise swallow the next entry appended after it.
+        """
+        line = (entry.model_dump_json() + "\n").encode()
         # O_NOFOLLOW: a link planted at the manifest's name is refused, never appended through.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        with (
-            self._lock,
-            open(os.open(self.manifest_path, flags, 0o644), "a", encoding="utf-8") as fh,
-        ):
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with self._lock:
+            fd = os.open(self.manifest_path, flags, 0o644)
             try:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                start = os.fstat(fd).st_size
+                try:
+                    with _disk_full_is_a_limit():
+                        view = memoryview(line)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        os.fsync(fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    raise
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                os.close(fd)  # also releases the lock
 
     def _load(self) -> None:
         try:
