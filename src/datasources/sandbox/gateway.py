@@ -1,21 +1,19 @@
-"""Kernels on a Jupyter Enterprise Gateway or Kernel Gateway: its REST API and WebSocket.
+"""One chat's kernel on a Jupyter Enterprise Gateway or Kernel Gateway, as a session.
 
-The gateway owns each kernel (a pod on Kubernetes, a container, a YARN application, or a
-local process on a test machine); the service starts, interrupts, restarts and shuts it
-down over REST (``/api/kernels``) and speaks the Jupyter messaging protocol to it over
-the gateway's WebSocket (``/api/kernels/{id}/channels``, the JSON framing every gateway
-version speaks). Messages are built by ``jupyter_client``'s :class:`~jupyter_client.
-session.Session`; ``httpx`` makes the REST calls and ``websockets`` carries the channel.
+The gateway owns the kernel (a pod on Kubernetes, a container, a YARN application, or a
+local process on a test machine); :class:`~datasources.sandbox.gateway_client.
+GatewayClient` starts, interrupts, restarts and shuts it down, and this module speaks the
+Jupyter messaging protocol to it over the gateway's WebSocket (the JSON framing every
+gateway version speaks), with messages built by ``jupyter_client``'s ``Session``.
 
 An execution reads like one in a sandbox (:class:`~datasources.sandbox.replies.Collector`
-makes the parts): past its timeout the code is interrupted (``POST …/interrupt``), and a
-kernel that does not come back within the grace is restarted (``POST …/restart``; its
-variables are gone, its id stays). Frames over the size a reply could keep close the
-connection, as ZeroMQ's cap does in ``bwrap`` mode; the session reconnects with the same
-session id, and the gateway replays what it buffered meanwhile.
-
-Every failure to reach or use the gateway becomes a :class:`SandboxUnavailableError`
-(HTTP 503) whose message names the cause and never the token.
+makes the parts): past its timeout the code is interrupted, and a kernel that does not
+come back within the grace is restarted (same id, variables gone). A kernel that dies is
+reported as in a sandbox (``SessionDied``); one that vanishes without a word is noticed by
+asking the gateway after a few quiet seconds. A frame over the size a reply could keep
+closes the connection, as ZeroMQ's cap does in ``bwrap`` mode: the session reconnects
+with the same session id (the gateway replays what it buffered meanwhile) and, if the end
+of the execution was lost, ends it with a note once the gateway says the kernel is idle.
 """
 
 from __future__ import annotations
@@ -24,30 +22,27 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session as MessageFactory
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from datasources.config import GatewaySettings, SandboxLimits
+from datasources.config import SandboxLimits
+from datasources.sandbox.gateway_client import GatewayClient, KernelGone
 from datasources.sandbox.replies import INTERRUPT_GRACE, Collector, Execution, gone
 from datasources.sandbox.runtime import SandboxUnavailableError
 
-__all__ = ["GatewayClient", "GatewaySession", "KernelGone"]
+__all__ = ["GatewaySession"]
 
 logger = logging.getLogger(__name__)
 
-_KERNEL_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _DIED = "The session ended unexpectedly (a limit was reached, or the code exited)."
 _PROBE_EVERY = 5.0
 """Seconds of silence during an execution after which the gateway is asked about the kernel."""
@@ -55,191 +50,6 @@ _LOST = (
     "(the connection to the kernel was lost during this execution, e.g. by a message over "
     "the size limit: some output was not received)"
 )
-
-
-class KernelGone(Exception):
-    """The gateway no longer has the kernel (shut down, culled, or its pod is gone)."""
-
-
-def _kernel_path(kernel_id: str) -> str:
-    if not _KERNEL_ID.match(kernel_id):
-        raise KernelGone(kernel_id[:64])
-    return f"/api/kernels/{quote(kernel_id)}"
-
-
-class GatewayClient:
-    """The gateway's REST API and channel connections, errors translated at the boundary.
-
-    Args:
-        settings: URL, token, kernelspec and timeouts.
-        max_message: The largest WebSocket frame taken; a larger one closes the connection.
-    """
-
-    def __init__(self, settings: GatewaySettings, *, max_message: int) -> None:
-        self.settings = settings
-        self.max_message = max_message
-        self._http = httpx.AsyncClient(
-            base_url=settings.url,
-            headers=self._auth(),
-            timeout=settings.request_timeout,
-            follow_redirects=False,
-            trust_env=False,
-        )
-
-    def _auth(self) -> dict[str, str]:
-        token = self.settings.token
-        return {} if token is None else {"Authorization": f"token {token.get_secret_value()}"}
-
-    async def close(self) -> None:
-        await self._http.aclose()
-
-    @contextlib.contextmanager
-    def _reaching(self, action: str) -> Iterator[None]:
-        """Transport failures as one clear error (the exception's text, which may name the
-        URL, goes to the log only)."""
-        try:
-            yield
-        except httpx.TimeoutException:
-            logger.warning("The kernel gateway did not answer in time (%s).", action)
-            raise SandboxUnavailableError(
-                f"The kernel gateway did not answer in time ({action}): code cannot run "
-                "right now; try again shortly."
-            ) from None
-        except (TimeoutError, httpx.TransportError, OSError, WebSocketException) as exc:
-            logger.warning("The kernel gateway cannot be reached (%s): %s", action, exc)
-            raise SandboxUnavailableError(
-                f"The kernel gateway cannot be reached ({action}): code cannot run right now; "
-                "try again shortly."
-            ) from None
-
-    def _refused(self, status: int, action: str, detail: str) -> SandboxUnavailableError:
-        """What an error status from the gateway means, safely worded."""
-        logger.warning("The kernel gateway answered %s to %s: %s", status, action, detail[:300])
-        if status == 401:
-            return SandboxUnavailableError(
-                "The kernel gateway refused the service's token (HTTP 401): check "
-                "DATASOURCES_GATEWAY_TOKEN."
-            )
-        if status == 403:
-            return SandboxUnavailableError(
-                f"The kernel gateway refused to {action} (HTTP 403: not allowed, or at its "
-                "kernel limit); the service log says why."
-            )
-        return SandboxUnavailableError(
-            f"The kernel gateway could not {action} (HTTP {status}); the service log says why."
-        )
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        action: str,
-        *,
-        body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response | None:
-        """One REST call; None when the gateway says 404 (no such kernel)."""
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        with self._reaching(action):
-            response = await self._http.request(method, path, json=body, **extra)
-        if response.status_code == 404:
-            return None
-        if response.status_code >= 300:
-            raise self._refused(response.status_code, action, response.text)
-        return response
-
-    async def check(self) -> None:
-        """That the gateway answers, takes the token and has the kernelspec."""
-        name = self.settings.kernel_name
-        found = await self._call("GET", f"/api/kernelspecs/{quote(name)}", "list its kernels")
-        if found is None:
-            raise SandboxUnavailableError(
-                f"The kernel gateway has no kernelspec {name!r} (DATASOURCES_GATEWAY_KERNEL_NAME)."
-            )
-
-    async def start_kernel(self, env: Mapping[str, str]) -> str:
-        """Start a kernel; its id."""
-        body = {"name": self.settings.kernel_name, "env": dict(env)}
-        response = await self._call(
-            "POST",
-            "/api/kernels",
-            "start a kernel",
-            body=body,
-            timeout=self.settings.launch_timeout,
-        )
-        if response is None:
-            raise SandboxUnavailableError(
-                f"The kernel gateway has no kernelspec {self.settings.kernel_name!r} "
-                "(DATASOURCES_GATEWAY_KERNEL_NAME)."
-            )
-        kernel_id = _model(response).get("id")
-        if not isinstance(kernel_id, str) or not _KERNEL_ID.match(kernel_id):
-            raise SandboxUnavailableError("The kernel gateway's answer named no kernel.")
-        return kernel_id
-
-    async def kernel(self, kernel_id: str) -> dict[str, Any] | None:
-        """The kernel's model (``execution_state``, ``last_activity``), None if it is gone."""
-        try:
-            path = _kernel_path(kernel_id)
-        except KernelGone:
-            return None
-        response = await self._call("GET", path, "look up a kernel")
-        return None if response is None else _model(response)
-
-    async def interrupt(self, kernel_id: str) -> bool:
-        """Interrupt the kernel; False if it is gone."""
-        path = _kernel_path(kernel_id) + "/interrupt"
-        return await self._call("POST", path, "interrupt a kernel", body={}) is not None
-
-    async def restart(self, kernel_id: str) -> bool:
-        """Restart the kernel (same id, fresh state); False if it is gone."""
-        path = _kernel_path(kernel_id) + "/restart"
-        timeout = self.settings.launch_timeout
-        return (
-            await self._call("POST", path, "restart a kernel", body={}, timeout=timeout) is not None
-        )
-
-    async def shutdown(self, kernel_id: str) -> None:
-        """Shut the kernel down (one already gone is fine)."""
-        with contextlib.suppress(KernelGone):
-            await self._call("DELETE", _kernel_path(kernel_id), "shut a kernel down")
-
-    async def channels(self, kernel_id: str, session_id: str) -> ClientConnection:
-        """A WebSocket to the kernel's channels.
-
-        Raises:
-            KernelGone: the gateway has no such kernel.
-            SandboxUnavailableError: the gateway cannot be reached or refuses.
-        """
-        base = self.settings.url.replace("http", "ws", 1)
-        url = f"{base}{_kernel_path(kernel_id)}/channels?session_id={quote(session_id)}"
-        with self._reaching("connect to a kernel"):
-            try:
-                return await connect(
-                    url,
-                    additional_headers=self._auth(),
-                    max_size=self.max_message,
-                    open_timeout=self.settings.launch_timeout,
-                    proxy=None,
-                    compression=None,
-                )
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status == 404:
-                    raise KernelGone(kernel_id) from None
-                body = exc.response.body or b""
-                detail = body.decode("utf-8", "replace")
-                raise self._refused(status, "connect to a kernel", detail) from None
-
-
-def _model(response: httpx.Response) -> dict[str, Any]:
-    try:
-        model = response.json()
-    except ValueError:
-        raise SandboxUnavailableError("The kernel gateway's answer was not JSON.") from None
-    if not isinstance(model, dict):
-        raise SandboxUnavailableError("The kernel gateway's answer was not a kernel.")
-    return model
 
 
 def _decode(frame: str | bytes) -> dict[str, Any] | None:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from datasources.config import GatewaySettings, SandboxLimits
 from datasources.sandbox.disk import FOLDERS
-from datasources.sandbox.gateway import GatewayClient, GatewaySession
+from datasources.sandbox.gateway import GatewaySession
+from datasources.sandbox.gateway_client import GatewayClient
 from datasources.sandbox.manager import KernelSession, SandboxManager
 from datasources.sandbox.replies import max_message_bytes
 from datasources.sandbox.runtime import SandboxUnavailableError, sandbox_identity
