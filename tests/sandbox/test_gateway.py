@@ -266,7 +266,7 @@ async def test_deleting_a_chat_shuts_its_kernel_down(gateway: Gateway) -> None:
 async def test_idle_kernels_are_shut_down_unless_another_replica_uses_them(
     gateway: Gateway,
 ) -> None:
-    settings = on(gateway, "idle", idle_seconds=2)
+    settings = on(gateway, "idle", idle_seconds=4)
     workspace = settings.workspaces_dir / "c"
     here, there = (SandboxManager.from_settings(settings) for _ in range(2))
     await here.start()
@@ -332,7 +332,9 @@ async def test_a_bad_token_is_a_clear_503_without_the_token(
 
 async def test_a_gateway_run_as_root_refuses_kernels_and_says_so() -> None:
     """Enterprise Gateway's default (EG_UNAUTHORIZED_USERS=root): no kernel as root."""
-    for running in start_gateway(as_root=True, name="eg-root"):
+    server = start_gateway(as_root=True, name="eg-root")
+    running = next(server)
+    try:
         settings = settings_for(running.home("root"), running.url, running.token)
         manager = SandboxManager.from_settings(settings)
         await manager.start()
@@ -344,6 +346,8 @@ async def test_a_gateway_run_as_root_refuses_kernels_and_says_so() -> None:
             assert running.kernels() == []
         finally:
             await manager.close()
+    finally:
+        server.close()
 
 
 async def test_without_a_url_code_is_refused_with_the_setting_to_set(tmp_path: Path) -> None:
@@ -356,4 +360,3 @@ async def test_without_a_url_code_is_refused_with_the_setting_to_set(tmp_path: P
         assert "DATASOURCES_GATEWAY_URL" in refused.value.message
     finally:
         await manager.close()
-    await asyncio.sleep(0)

@@ -232,6 +232,14 @@ class GatewaySession:
             self._waiting = None
             self._drain()
 
+    async def _settle(self) -> None:
+        """Wait until a kernel the gateway is restarting answers (it is dead if it never does)."""
+        try:
+            await self._wait_ready(self.client.settings.launch_timeout)
+        except (SandboxUnavailableError, ConnectionClosed) as exc:
+            logger.warning("Kernel %s did not come back: %s", self.kernel_id, exc)
+            self._dead = True
+
     async def execute(self, code: str, *, timeout: float | None = None) -> Execution:
         """Run ``code``; parts in order. One execution at a time per session."""
         async with self._lock:
@@ -292,7 +300,6 @@ class GatewaySession:
                     if lost and state == "idle":
                         # What the kernel sent while the channel was down is gone (the
                         # gateway replays only what it buffered); the kernel is done.
-                        collector.note(_LOST)
                         break
                     continue
                 if msg is _CLOSED:
@@ -307,9 +314,12 @@ class GatewaySession:
                     collector.died(_DIED)
                     restarted = True
                     break
-                if _lifecycle(msg) is not None:
+                fate = _lifecycle(msg)
+                if fate is not None:
                     collector.died(_DIED)
                     restarted = True
+                    if fate == "restarting":
+                        await self._settle()  # the next turn finds the new kernel ready
                     break
                 if msg.get("channel", "iopub") != "iopub":
                     continue  # the shell's execute_reply: the parts come from iopub
@@ -322,6 +332,8 @@ class GatewaySession:
         finally:
             self._waiting = None
             self._drain()
+        if lost:
+            collector.note(_LOST)
         return collector.finish(
             timeout=timeout, timed_out=timed_out, restarted=restarted, start=start
         )
