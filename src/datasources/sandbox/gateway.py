@@ -108,7 +108,8 @@ class GatewaySession:
         self._lock = asyncio.Lock()
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
+        # Small: the reader waits (and the socket with it) rather than queue big messages.
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=32)
         self._waiting: str | None = None
         """The request whose messages are forwarded to the inbox."""
         self._dead = False

@@ -196,6 +196,7 @@ class GatewayClient:
                     url,
                     additional_headers=self._auth(),
                     max_size=self.max_message,
+                    max_queue=4,  # frames read ahead of the session: each up to max_size
                     open_timeout=self.settings.launch_timeout,
                     proxy=None,
                     compression=None,
