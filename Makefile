@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+GATEWAY_VENV ?= .venv-gateway
 
 .PHONY: run test lint bench mutants services services-stop clean
 
@@ -11,6 +12,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Jupyter Enterprise Gateway, in a virtualenv of its own (its pins are older than ours):
+# the tests of DATASOURCES_SANDBOX=gateway run it on loopback.
+$(GATEWAY_VENV)/.installed: scripts/gateway-requirements.txt
+	$(PYTHON) -m venv $(GATEWAY_VENV)
+	$(GATEWAY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GATEWAY_VENV)/bin/python -m pip install --quiet -r scripts/gateway-requirements.txt
+	touch $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -22,7 +31,7 @@ run: $(STAMP)
 	$(VENV)/bin/datasources serve --demo
 
 ## test: install, start PostgreSQL and Azurite, run the whole suite
-test: $(STAMP) node_modules/.installed
+test: $(STAMP) node_modules/.installed $(GATEWAY_VENV)/.installed
 	bash scripts/install-bwrap.sh
 	bash scripts/services.sh start
 	set -a && . .cache/services.env && set +a && $(PY) -m pytest $(PYTEST_ARGS)
@@ -53,4 +62,4 @@ services-stop:
 	bash scripts/services.sh stop
 
 clean:
-	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GATEWAY_VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from datasources.credentials import register_secret
 if TYPE_CHECKING:
     from datasources.netpolicy import OutboundPolicy
 
-__all__ = ["ApiSettings", "PoolSettings", "SandboxLimits", "Settings"]
+__all__ = ["ApiSettings", "GatewaySettings", "PoolSettings", "SandboxLimits", "Settings"]
 
 
 class PoolSettings(BaseModel):
@@ -132,6 +132,29 @@ class SandboxLimits(BaseModel):
     )
 
 
+class GatewaySettings(BaseModel):
+    """Where kernels run in ``gateway`` mode: a Jupyter Enterprise Gateway or Kernel Gateway.
+
+    Built by :attr:`Settings.gateway` from ``DATASOURCES_GATEWAY_URL``, ``_TOKEN``,
+    ``_KERNEL_NAME``, ``_REQUEST_TIMEOUT`` and ``_LAUNCH_TIMEOUT``.
+    """
+
+    url: str = Field(description="The gateway's base URL, http(s)://host:port[/base].")
+    token: SecretStr | None = Field(
+        default=None, description="Sent as 'Authorization: token …' on every request."
+    )
+    kernel_name: str = Field(default="python3", description="The kernelspec kernels start from.")
+    request_timeout: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds for one REST call to the gateway."
+    )
+    launch_timeout: float = Field(
+        default=180.0,
+        gt=0,
+        le=3600,
+        description="Seconds a kernel may take to start (a pod may wait for its image).",
+    )
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -187,10 +210,27 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(default=60_000, ge=1000, description="Tokens per message.")
     sandbox: str = Field(
         default="bwrap",
-        pattern="^(bwrap|process)$",
-        description="How code runs: 'bwrap' (isolated) or 'process' (rlimits and a scrubbed "
-        "environment only; no filesystem or network isolation).",
+        pattern="^(bwrap|process|gateway)$",
+        description="How code runs: 'bwrap' (isolated), 'process' (rlimits and a scrubbed "
+        "environment only; no filesystem or network isolation), or 'gateway' (kernels on a "
+        "Jupyter Enterprise Gateway / Kernel Gateway; isolation is the engine's).",
     )
+    gateway_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/@]+(/\S*)?$",
+        description="The kernel gateway's base URL (DATASOURCES_SANDBOX=gateway); no "
+        "credentials in it: the token goes in DATASOURCES_GATEWAY_TOKEN.",
+    )
+    gateway_token: SecretStr | None = Field(
+        default=None, description="The gateway's auth token (EG_AUTH_TOKEN on its side)."
+    )
+    gateway_kernel_name: str = Field(
+        default="python3",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The gateway's kernelspec for chats' kernels.",
+    )
+    gateway_request_timeout: float = Field(default=30.0, gt=0, le=600)
+    gateway_launch_timeout: float = Field(default=180.0, gt=0, le=3600)
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits)
     sandbox_uid: int | None = Field(
         default=None,
@@ -246,7 +286,7 @@ class Settings(BaseSettings):
 
     def model_post_init(self, context: object, /) -> None:
         # Secrets an operator configures are scrubbed from logs from the start.
-        for secret in (self.database_url, self.secret_keys, self.llm_api_key):
+        for secret in (self.database_url, self.secret_keys, self.llm_api_key, self.gateway_token):
             if secret is not None:
                 register_secret(secret.get_secret_value())
 
@@ -276,6 +316,19 @@ class Settings(BaseSettings):
             allow_private_networks=self.allow_private_networks,
             local_folder_roots=self.local_folder_roots,
             ambient_identity_accounts=self.ambient_identity_accounts,
+        )
+
+    @property
+    def gateway(self) -> GatewaySettings | None:
+        """The kernel gateway's settings (None when no URL is set)."""
+        if self.gateway_url is None:
+            return None
+        return GatewaySettings(
+            url=self.gateway_url.rstrip("/"),
+            token=self.gateway_token,
+            kernel_name=self.gateway_kernel_name,
+            request_timeout=self.gateway_request_timeout,
+            launch_timeout=self.gateway_launch_timeout,
         )
 
     @property

@@ -76,9 +76,7 @@ def create_app(
         await current.open()
         app.state.registry = current
         app.state.keys = ApiKeys(current.store, cache_seconds=settings.api.key_cache_seconds)
-        sandboxes = SandboxManager(
-            settings.workspaces_dir, mode=settings.sandbox, limits=settings.sandbox_limits
-        )
+        sandboxes = SandboxManager.from_settings(settings)
         await sandboxes.start()
         provider = None
         if settings.llm_model:

@@ -29,10 +29,12 @@ import shutil
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datasources.config import SandboxLimits
+from datasources.errors import MissingDependencyError
 from datasources.sandbox.disk import FOLDERS, Volumes, move_entries, volume_problem
+from datasources.sandbox.replies import Execution
 from datasources.sandbox.runtime import (
     SandboxUnavailableError,
     SessionLimitError,
@@ -42,9 +44,29 @@ from datasources.sandbox.runtime import (
 )
 from datasources.sandbox.session import Session
 
-__all__ = ["SandboxManager"]
+if TYPE_CHECKING:
+    from datasources.config import Settings
+
+__all__ = ["KernelSession", "SandboxManager"]
 
 logger = logging.getLogger(__name__)
+
+
+class KernelSession(Protocol):
+    """What the chat code uses of a session, whichever mode runs it."""
+
+    slot: Path
+    last_used: float
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def execute(self, code: str, *, timeout: float | None = None) -> Execution: ...
+
+    async def close(self) -> None: ...
 
 
 class SandboxManager:
@@ -52,17 +74,19 @@ class SandboxManager:
 
     Args:
         root: Where workspaces live; slots go in ``root/.pool``.
-        mode: ``bwrap`` or ``process``.
+        mode: ``bwrap`` or ``process`` (``gateway``: see :meth:`from_settings`).
         limits: Per-session limits, pool size and idle timeout.
     """
 
     def __init__(self, root: Path, *, mode: str, limits: SandboxLimits) -> None:
+        if mode == "gateway" and type(self) is SandboxManager:
+            raise ValueError("gateway mode: build the manager with SandboxManager.from_settings")
         self.root = root
         self.mode = mode
         self.limits = limits
         self.pool_dir = root / ".pool"
         self._warm: list[Session] = []
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, KernelSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = 0
@@ -74,6 +98,26 @@ class SandboxManager:
         self._starts = asyncio.Semaphore(limits.concurrent_starts)
         self._volumes: Volumes | None = None
         """Per-chat filesystems (``bwrap`` mode, once started)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxManager:
+        """The manager for the configured mode (``DATASOURCES_SANDBOX``).
+
+        Raises:
+            MissingDependencyError: ``gateway`` mode without its client packages.
+        """
+        if settings.sandbox == "gateway":
+            try:
+                from datasources.sandbox.gateway_manager import GatewayManager
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    f"DATASOURCES_SANDBOX=gateway needs {exc.name or 'a package'}: "
+                    "pip install 'datasources[gateway]'"
+                ) from None
+            return GatewayManager(
+                settings.workspaces_dir, limits=settings.sandbox_limits, gateway=settings.gateway
+            )
+        return cls(settings.workspaces_dir, mode=settings.sandbox, limits=settings.sandbox_limits)
 
     def problem(self) -> str | None:
         """Why code cannot run here (None when it can)."""
@@ -244,9 +288,10 @@ class SandboxManager:
             raise
         return session
 
-    async def _discard(self, session: Session) -> None:
+    async def _discard(self, session: KernelSession) -> None:
         await session.close()
-        await asyncio.to_thread(self._release_slot, session)
+        if isinstance(session, Session):
+            await asyncio.to_thread(self._release_slot, session)
 
     def _release_slot(self, session: Session) -> None:
         """Unmount and remove a session's slot (and its image, if no chat took it)."""
@@ -267,7 +312,7 @@ class SandboxManager:
 
     async def session(
         self, key: str, workspace: Path, *, owner: str | None = None
-    ) -> tuple[Session, bool]:
+    ) -> tuple[KernelSession, bool]:
         """The chat's live session, or a warm one moved onto its workspace; (session, new).
 
         Raises:
@@ -344,7 +389,7 @@ class SandboxManager:
         async with self._room:
             self._room.notify_all()
 
-    async def _open(self, key: str, workspace: Path) -> tuple[Session, bool]:
+    async def _open(self, key: str, workspace: Path) -> tuple[KernelSession, bool]:
         session = None
         while self._warm:
             candidate = self._warm.pop(0)

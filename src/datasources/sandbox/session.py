@@ -11,12 +11,9 @@ start, never by name) are killed, and closing the session kills the cgroup as a 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -28,11 +25,18 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from pydantic import BaseModel, Field
 
-from datasources import safefs
 from datasources.config import SandboxLimits
-from datasources.errors import DataSourceError
+from datasources.sandbox.replies import (
+    DISPLAYS,
+    INTERRUPT_GRACE,
+    Collector,
+    Execution,
+    OutputBudget,
+    Part,
+    gone,
+    max_message_bytes,
+)
 from datasources.sandbox.runtime import (
     LaunchPlan,
     SandboxUnavailableError,
@@ -40,35 +44,11 @@ from datasources.sandbox.runtime import (
     sandbox_identity,
 )
 
-__all__ = ["Execution", "OutputBudget", "Part", "Session"]
+__all__ = ["DISPLAYS", "Execution", "OutputBudget", "Part", "Session"]
 
 logger = logging.getLogger(__name__)
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _WARMUP = "import pandas, pyarrow, duckdb, matplotlib.pyplot"
-
-
-class Part(BaseModel):
-    """One piece of a reply: text, code, stdout/stderr, a table, an image, a file, an error."""
-
-    type: str = Field(
-        description="text | code | stdout | stderr | result | table | image | file | error"
-    )
-    text: str | None = None
-    data: Any = None
-    path: str | None = Field(default=None, description="A workspace file (images, files).")
-    name: str | None = None
-
-
-class Execution(BaseModel):
-    """What one piece of code produced."""
-
-    ok: bool
-    parts: list[Part]
-    elapsed_ms: float
-    timed_out: bool = False
-    restarted: bool = Field(default=False, description="The session was killed and is gone.")
-    truncated: bool = False
 
 
 class Session:
@@ -152,7 +132,7 @@ class Session:
         # that connection (ZeroMQ reconnects); the reply then misses it, and a reply that
         # never completes ends in the usual timeout.
         context = zmq.asyncio.Context()
-        context.setsockopt(zmq.MAXMSGSIZE, _max_message_bytes(self.limits))
+        context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(self.limits))
         client = AsyncKernelClient(context=context)
         where = plan.host_socket_dir(self._process.pid, self.sockets)
         client.load_connection_info({**info, "ip": str(where / "k")})  # type: ignore[typeddict-item]
@@ -283,16 +263,9 @@ class Session:
     async def _execute_watched(self, code: str, timeout: float, start: float) -> Execution:
         client = self._client
         if client is None or not self.alive:
-            return Execution(
-                ok=False,
-                parts=[Part(type="error", name="SessionGone", text="The session has ended.")],
-                elapsed_ms=0,
-                restarted=True,
-            )
+            return gone()
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
-        parts: list[Part] = []
-        budget = OutputBudget(self.limits.output_bytes)
-        ok = True
+        collector = Collector(self.slot, self.limits.output_bytes)
         timed_out = False
         restarted = False
         deadline = time.monotonic() + timeout
@@ -300,7 +273,7 @@ class Session:
         while True:
             wait = deadline - time.monotonic()
             if interrupted_at is not None:
-                wait = interrupted_at + 3 - time.monotonic()
+                wait = interrupted_at + INTERRUPT_GRACE - time.monotonic()
             if wait <= 0:
                 if interrupted_at is None:
                     timed_out = True
@@ -323,103 +296,25 @@ class Session:
             if msg is None:
                 if not self.alive:
                     restarted = True
-                    ok = False
-                    parts.append(Part(type="error", name="SessionDied", text=self._death_reason()))
+                    collector.died(self._death_reason())
                     await self.close()
                     break
                 continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            kind = msg["msg_type"]
-            content = msg["content"]
-            if kind == "status" and content.get("execution_state") == "idle":
+            if collector.add(msg):
                 break
-            if kind == "stream":
-                text = budget.cut_text(content.get("text", ""))
-                if text:
-                    _append_stream(parts, content.get("name", "stdout"), text)
-            elif kind in ("execute_result", "display_data"):
-                part = self._display(content.get("data", {}), budget)
-                if part is not None:
-                    parts.append(part)
-            elif kind == "error":
-                ok = False
-                trace = _ANSI.sub("", "\n".join(content.get("traceback", [])))
-                text = budget.cut_text(trace[-4000:] or str(content.get("evalue", "")), tail=True)
-                parts.append(Part(type="error", name=content.get("ename"), text=text or None))
-            if budget.runaway and interrupted_at is None:
+            if collector.runaway and interrupted_at is None:
                 # Output without end (printing, displaying): stop it rather than read gigabytes.
                 interrupted_at = time.monotonic()
                 await self._interrupt()
         if not restarted and self.mode == "bwrap":
             strays = await asyncio.to_thread(self._reap_strays)
             if strays:
-                parts.append(
-                    Part(type="text", text=f"({strays} leftover process(es) were stopped)")
-                )
-        if timed_out:
-            ok = False
-            parts.append(
-                Part(
-                    type="error",
-                    name="Timeout",
-                    text=f"The code ran past {timeout:g} s and was "
-                    + ("stopped; the session was restarted." if restarted else "interrupted."),
-                )
-            )
-        if budget.cut:
-            parts.append(
-                Part(
-                    type="text",
-                    text=f"(output cut at {budget.cap} bytes: {budget.dropped} more bytes of "
-                    "text, results, tables or images were not kept)",
-                )
-            )
-        return Execution(
-            ok=ok and not restarted,
-            parts=parts,
-            elapsed_ms=(time.perf_counter() - start) * 1000,
-            timed_out=timed_out,
-            restarted=restarted,
-            truncated=budget.cut,
+                collector.note(f"({strays} leftover process(es) were stopped)")
+        return collector.finish(
+            timeout=timeout, timed_out=timed_out, restarted=restarted, start=start
         )
-
-    def _display(self, data: dict[str, Any], budget: OutputBudget) -> Part | None:
-        """A display message as a part, counted against ``budget`` (None: it did not fit).
-
-        PNG images are saved in the workspace's ``displays/`` folder, which is never bound
-        into the sandbox: the bytes arrived over the kernel protocol, so the service never
-        writes where sandboxed code could have planted a name. Even so the file is created
-        ``O_EXCL | O_NOFOLLOW`` relative to descriptors opened without following links.
-        """
-        png = data.get("image/png")
-        if isinstance(png, str):
-            if not budget.fits(len(png) * 3 // 4):  # decoded size, before decoding it
-                return None
-            try:
-                raw = base64.b64decode(png)
-            except ValueError:
-                return Part(type="error", name="DisplayError", text="An image could not be read.")
-            name = f"figure-{secrets.token_hex(8)}.png"
-            try:
-                _save_display(self.slot, name, raw)
-            except (OSError, DataSourceError):
-                logger.warning("A display could not be saved under %s.", self.slot, exc_info=True)
-                return Part(type="error", name="DisplayError", text="An image could not be saved.")
-            budget.take(len(raw))
-            return Part(type="image", path=f"{DISPLAYS}/{name}", name=name)
-        table = data.get("application/vnd.datasources.table+json")
-        if table is not None:
-            try:
-                size = len(json.dumps(table, default=str))
-            except (TypeError, ValueError):
-                return Part(type="error", name="DisplayError", text="A table could not be read.")
-            if not budget.fits(size):
-                return None
-            budget.take(size)
-            return Part(type="table", data=table)
-        text = budget.cut_text(str(data.get("text/plain", "")))
-        return Part(type="result", text=text) if text or not budget.cut else None
 
     def _death_reason(self) -> str:
         process = self._process
@@ -469,67 +364,6 @@ class Session:
         shutil.rmtree(self.sockets, ignore_errors=True)
 
 
-DISPLAYS = "displays"
-"""The workspace folder, never bound into the sandbox, where display images are kept."""
-
-
-def _save_display(workspace: Path, name: str, data: bytes) -> None:
-    anchor = safefs.open_anchor(workspace)
-    try:
-        folder = safefs.open_dir(anchor, DISPLAYS, create=True)
-        try:
-            safefs.create_file(folder, name, data)
-        finally:
-            os.close(folder)
-    finally:
-        os.close(anchor)
-
-
-class OutputBudget:
-    """How much of an execution's (or a reply's) output is kept: every part counts, in bytes.
-
-    Stream text, results, tables (their JSON), images (their decoded bytes) and error text
-    all spend the same ``cap``; text is cut to what is left, a table or image that does not
-    fit is dropped whole. Past eight times the cap offered, the output is runaway.
-    """
-
-    def __init__(self, cap: int) -> None:
-        """A budget of ``cap`` bytes."""
-        self.cap = cap
-        self.kept = 0
-        self.dropped = 0
-        self.cut = False
-
-    @property
-    def runaway(self) -> bool:
-        """More than eight times the cap was offered: stop the code producing it."""
-        return self.dropped > self.cap * 8
-
-    def fits(self, size: int) -> bool:
-        """Whether ``size`` more bytes fit (if not, they count as dropped)."""
-        if self.kept + size <= self.cap:
-            return True
-        self.cut = True
-        self.dropped += size
-        return False
-
-    def take(self, size: int) -> None:
-        """Spend ``size`` bytes (after :meth:`fits` said yes)."""
-        self.kept += size
-
-    def cut_text(self, text: str, *, tail: bool = False) -> str:
-        """``text`` cut to what is left (its end, with ``tail``), spent."""
-        raw = text.encode("utf-8", "surrogatepass")
-        room = self.cap - self.kept
-        if len(raw) > room:
-            self.cut = True
-            self.dropped += len(raw) - max(room, 0)
-            raw = raw[-room:] if tail and room > 0 else raw[: max(room, 0)]
-            text = raw.decode("utf-8", "ignore")
-        self.kept += len(raw)
-        return text
-
-
 def _seal(sockets: Path) -> None:
     """Make the socket folder the kernel has bound its sockets in read-only to the sandbox.
 
@@ -542,20 +376,3 @@ def _seal(sockets: Path) -> None:
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
-
-
-def _max_message_bytes(limits: SandboxLimits) -> int:
-    """The largest kernel message the service takes: what a reply could keep, with room.
-
-    Output past ``output_bytes`` is cut anyway; images arrive base64-encoded (4/3) in a
-    JSON message. Sixteen MiB at least, so ordinary figures always fit.
-    """
-    return max(16 * 1024 * 1024, 4 * limits.output_bytes)
-
-
-def _append_stream(parts: list[Part], name: str, text: str) -> None:
-    kind = "stderr" if name == "stderr" else "stdout"
-    if parts and parts[-1].type == kind and parts[-1].text is not None:
-        parts[-1].text += text
-    else:
-        parts.append(Part(type=kind, text=text))
