@@ -214,6 +214,27 @@ class Settings(BaseSettings):
         description="Azure account URLs for which API users may use the service's own "
         "identity (use_default_credential); none: never over the HTTP API.",
     )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis shared by every replica (redis://…, rediss://…): rate limits become "
+        "global and, on a SQLite store, cache invalidations travel through it. None: rate "
+        "limits are per process.",
+    )
+    redis_prefix: str = Field(
+        default="datasources:",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[\w.:-]+$",
+        description="Namespace of this deployment's Redis keys and channel (several "
+        "deployments may share one Redis).",
+    )
+    redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Seconds a Redis call may take before the replica falls back to its own "
+        "rate limits (and retries Redis a second later).",
+    )
     allow_privileged_database_roles: bool = Field(
         default=False,
         description="Let database sources use privileged roles (superuser, server files, "
@@ -246,7 +267,7 @@ class Settings(BaseSettings):
 
     def model_post_init(self, context: object, /) -> None:
         # Secrets an operator configures are scrubbed from logs from the start.
-        for secret in (self.database_url, self.secret_keys, self.llm_api_key):
+        for secret in (self.database_url, self.secret_keys, self.llm_api_key, self.redis_url):
             if secret is not None:
                 register_secret(secret.get_secret_value())
 

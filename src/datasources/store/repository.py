@@ -7,7 +7,7 @@ import builtins
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
+from datasources.store.changes import CHANNEL, Change, ChangeHandler, PostgresChangeListener
 from datasources.store.models import ApiKeyRow, Base, ChatRow, DataSourceRow, MessageRow
 
 __all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
@@ -174,6 +175,7 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[Any] | None = None
         self._reader: Engine | None = None
+        self._observers: builtins.list[Callable[[Change], Awaitable[None]]] = []
 
     @classmethod
     def memory(cls) -> Store:
@@ -294,18 +296,61 @@ class Store:
         except (UnavailableError, sa_exc.SQLAlchemyError, OSError):
             return False
 
+    # -- changes other processes must hear --------------------------------------------
+
+    def observe(self, observer: Callable[[Change], Awaitable[None]]) -> None:
+        """Call ``observer`` after each committed change this process makes to a source or
+        an API key (it must not raise; errors are logged). For stores without their own
+        notifications: PostgreSQL tells every listener itself, see :meth:`change_listener`.
+        """
+        self._observers.append(observer)
+
+    def change_listener(
+        self, handler: ChangeHandler, *, heartbeat: float = 0.5, timeout: float = 2.0
+    ) -> PostgresChangeListener | None:
+        """A listener for every process's changes to this store; None unless PostgreSQL."""
+        if self.dialect != "postgresql":
+            return None
+        dsn = make_url(self._url).set(drivername="postgresql")
+        return PostgresChangeListener(
+            dsn.render_as_string(hide_password=False),
+            handler,
+            heartbeat=heartbeat,
+            timeout=timeout,
+        )
+
+    async def _announce(self, session: Any, change: Change) -> None:
+        """Inside the writing transaction: PostgreSQL delivers it on commit, or never."""
+        if self.dialect == "postgresql":
+            await session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": change.to_json()},
+            )
+
+    async def _told(self, change: Change) -> None:
+        """After the commit: this process's observers."""
+        for observer in self._observers:
+            try:
+                await observer(change)
+            except Exception as exc:
+                logger.warning("Announcing a change failed: %s", type(exc).__name__)
+
     # -- repository ------------------------------------------------------------------
 
     async def add(self, record: StoredSource) -> StoredSource:
         """Insert; :class:`AlreadyExistsError` if the id or name is taken for that owner."""
         row = DataSourceRow(**asdict(record))
+        change = Change("source", record.id, record.owner)
         try:
             async with self._session() as session, session.begin():
                 session.add(row)
+                await session.flush()
+                await self._announce(session, change)
         except sa_exc.IntegrityError:
             raise AlreadyExistsError(
                 f"A data source with id {record.id!r} or name {record.name!r} already exists."
             ) from None
+        await self._told(change)
         return record
 
     async def _read(self, query: Any) -> builtins.list[Any]:
@@ -354,6 +399,7 @@ class Store:
 
     async def update(self, record: StoredSource) -> StoredSource:
         """Replace a stored source's mutable fields."""
+        change = Change("source", record.id, record.owner)
         try:
             async with self._session() as session, session.begin():
                 row = await session.get(
@@ -368,21 +414,30 @@ class Store:
                 row.read_only = record.read_only
                 row.tags = record.tags
                 row.updated_at = record.updated_at
+                await session.flush()
+                await self._announce(session, change)
         except sa_exc.IntegrityError:
             raise AlreadyExistsError(
                 f"A data source named {record.name!r} already exists."
             ) from None
+        await self._told(change)
         return record
 
     async def delete(self, owner: str, source_id: str) -> bool:
         """Delete; whether a row was removed."""
+        change = Change("source", source_id, owner)
         async with self._session() as session, session.begin():
             result = await session.execute(
                 delete(DataSourceRow).where(
                     DataSourceRow.owner == owner, DataSourceRow.id == source_id
                 )
             )
-            return bool(getattr(result, "rowcount", 0))
+            removed = bool(getattr(result, "rowcount", 0))
+            if removed:
+                await self._announce(session, change)
+        if removed:
+            await self._told(change)
+        return removed
 
     async def transform_secrets(self, transform: Callable[[StoredSource], dict[str, str]]) -> int:
         """Rewrite every source's secret tokens in one transaction (all or nothing).
@@ -441,12 +496,16 @@ class Store:
 
     async def revoke_api_key(self, key_id: str, when: datetime) -> bool:
         """Mark a key revoked; whether it existed and was active."""
+        change = Change("api_key", key_id)
         async with self._session() as session, session.begin():
             row = await session.get(ApiKeyRow, key_id, with_for_update=True)
             if row is None or row.revoked_at is not None:
                 return False
             row.revoked_at = when
-            return True
+            await session.flush()
+            await self._announce(session, change)
+        await self._told(change)
+        return True
 
     # -- chats -----------------------------------------------------------------------
 
