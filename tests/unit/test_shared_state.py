@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from datasources.config import ApiSettings, Settings
+from datasources.errors import ConfigurationError
 from datasources.keys import ApiKeys
 from datasources.models import DataSourceConfig
 from datasources.registry import DataSourceRegistry
@@ -51,6 +52,16 @@ def test_without_redis_the_limiter_is_per_process(tmp_path: Path) -> None:
     state = SharedState(Settings(home=tmp_path, api=ApiSettings(rate_limit_per_minute=5)))
     assert isinstance(state.limiter, LocalRateLimiter)
     assert state.redis is None and state.invalidation == "none" and state.cache_trusted()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://u:hunter2-canary@h:1/0", "redis://u:hunter2-canary@h:notaport/0"]
+)
+def test_a_malformed_redis_url_is_refused_without_repeating_it(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        SharedState(Settings(home=tmp_path, redis_url=url))
+    assert "hunter2" not in str(caught.value) and "hunter2" not in repr(caught.value)
+    assert caught.value.__suppress_context__  # the parser's message is not chained either
 
 
 # -- what travels on the wire ----------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from datasources.errors import ConfigurationError
 from datasources.shared.feed import RedisChangeFeed
 from datasources.shared.ratelimit import LocalRateLimiter, Rate, RateLimiter, RedisRateLimiter
 from datasources.store.changes import Change
@@ -61,14 +62,21 @@ def redis_client(settings: Settings) -> Redis:
     from redis.backoff import NoBackoff
 
     if settings.redis_url is None:
-        raise ValueError("redis_url is not set")
-    return Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
-        client_name="datasources",
-    )
+        raise ConfigurationError("DATASOURCES_REDIS_URL is not set.")
+    try:
+        return Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name="datasources",
+        )
+    except ValueError:
+        # The parser's message may quote parts of the URL; the URL may hold a password.
+        raise ConfigurationError(
+            "DATASOURCES_REDIS_URL is not a valid Redis URL "
+            "(redis://[:password@]host:port/db, rediss://… or unix://…)."
+        ) from None
 
 
 class CacheInvalidation:
