@@ -137,18 +137,17 @@ class RedisChangeFeed:
             self._healthy = self._was_up = True
             self._connected.set()
             logger.info("Redis change feed: subscribed to %s.", self._channel)
-            last_pong = loop.time()
+            last_heard = loop.time()
             next_beat = loop.time() + self._heartbeat
             while True:
                 message = await pubsub.get_message(timeout=max(next_beat - loop.time(), 0.01))
                 if message is not None:
+                    last_heard = loop.time()  # anything heard proves the connection alive
                     await self._dispatch(message)
-                    if message["type"] == "pong":
-                        last_pong = loop.time()
                     continue
                 now = loop.time()
                 if now >= next_beat:
-                    if now - last_pong > 2 * self._heartbeat + self._timeout:
+                    if now - last_heard > 2 * self._heartbeat + self._timeout:
                         raise TimeoutError("the listening connection stopped answering")
                     await asyncio.wait_for(pubsub.ping(), self._timeout)
                     next_beat = now + self._heartbeat

@@ -24,7 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["CHANNEL", "Change", "ChangeHandler", "PostgresChangeListener"]
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+__all__ = ["CHANNEL", "Change", "ChangeAnnouncer", "ChangeHandler", "PostgresChangeListener"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,3 +217,52 @@ class PostgresChangeListener:
                 await asyncio.wait_for(conn.close(), self._timeout)
             except Exception:
                 conn.terminate()
+
+
+class ChangeAnnouncer:
+    """The store's side: announce committed changes (mixed into :class:`Store`)."""
+
+    _url: str
+    _observers: list[Callable[[Change], Awaitable[None]]]
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return make_url(self._url).get_backend_name()
+
+    def observe(self, observer: Callable[[Change], Awaitable[None]]) -> None:
+        """Call ``observer`` after each committed change this process makes to a source or
+        an API key (it must not raise; errors are logged). For stores without their own
+        notifications: PostgreSQL tells every listener itself, see :meth:`change_listener`.
+        """
+        self._observers.append(observer)
+
+    def change_listener(
+        self, handler: ChangeHandler, *, heartbeat: float = 0.5, timeout: float = 2.0
+    ) -> PostgresChangeListener | None:
+        """A listener for every process's changes to this store; None unless PostgreSQL."""
+        if self.dialect != "postgresql":
+            return None
+        dsn = make_url(self._url).set(drivername="postgresql")
+        return PostgresChangeListener(
+            dsn.render_as_string(hide_password=False),
+            handler,
+            heartbeat=heartbeat,
+            timeout=timeout,
+        )
+
+    async def _announce(self, session: Any, change: Change) -> None:
+        """Inside the writing transaction: PostgreSQL delivers it on commit, or never."""
+        if self.dialect == "postgresql":
+            await session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": change.to_json()},
+            )
+
+    async def _told(self, change: Change) -> None:
+        """After the commit: this process's observers."""
+        for observer in self._observers:
+            try:
+                await observer(change)
+            except Exception as exc:
+                logger.warning("Announcing a change failed: %s", type(exc).__name__)

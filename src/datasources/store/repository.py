@@ -7,7 +7,7 @@ import builtins
 import fcntl
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
-from datasources.store.changes import CHANNEL, Change, ChangeHandler, PostgresChangeListener
+from datasources.store.changes import Change, ChangeAnnouncer
 from datasources.store.models import ApiKeyRow, Base, ChatRow, DataSourceRow, MessageRow
 
 __all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
@@ -161,7 +161,7 @@ def _run_migrations(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
-class Store:
+class Store(ChangeAnnouncer):
     """The registry's database.
 
     Args:
@@ -175,7 +175,7 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[Any] | None = None
         self._reader: Engine | None = None
-        self._observers: builtins.list[Callable[[Change], Awaitable[None]]] = []
+        self._observers = []
 
     @classmethod
     def memory(cls) -> Store:
@@ -185,11 +185,6 @@ class Store:
     def __repr__(self) -> str:
         url = make_url(self._url)
         return f"Store({url.render_as_string(hide_password=True)!r})"
-
-    @property
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        return make_url(self._url).get_backend_name()
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -295,45 +290,6 @@ class Store:
             return True
         except (UnavailableError, sa_exc.SQLAlchemyError, OSError):
             return False
-
-    # -- changes other processes must hear --------------------------------------------
-
-    def observe(self, observer: Callable[[Change], Awaitable[None]]) -> None:
-        """Call ``observer`` after each committed change this process makes to a source or
-        an API key (it must not raise; errors are logged). For stores without their own
-        notifications: PostgreSQL tells every listener itself, see :meth:`change_listener`.
-        """
-        self._observers.append(observer)
-
-    def change_listener(
-        self, handler: ChangeHandler, *, heartbeat: float = 0.5, timeout: float = 2.0
-    ) -> PostgresChangeListener | None:
-        """A listener for every process's changes to this store; None unless PostgreSQL."""
-        if self.dialect != "postgresql":
-            return None
-        dsn = make_url(self._url).set(drivername="postgresql")
-        return PostgresChangeListener(
-            dsn.render_as_string(hide_password=False),
-            handler,
-            heartbeat=heartbeat,
-            timeout=timeout,
-        )
-
-    async def _announce(self, session: Any, change: Change) -> None:
-        """Inside the writing transaction: PostgreSQL delivers it on commit, or never."""
-        if self.dialect == "postgresql":
-            await session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": change.to_json()},
-            )
-
-    async def _told(self, change: Change) -> None:
-        """After the commit: this process's observers."""
-        for observer in self._observers:
-            try:
-                await observer(change)
-            except Exception as exc:
-                logger.warning("Announcing a change failed: %s", type(exc).__name__)
 
     # -- repository ------------------------------------------------------------------
 
