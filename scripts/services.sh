@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start, stop or report the services the tests and the dev setup need: PostgreSQL and Azurite.
+# Start, stop or report the services the tests and the dev setup need: PostgreSQL, Azurite
+# and Redis.
 #
 #   scripts/services.sh start    idempotent; reuses what already answers, starts what does not
 #   scripts/services.sh stop     stops only what this script started
@@ -9,6 +10,8 @@
 #   DATASOURCES_TEST_POSTGRES_DSN            an admin DSN (tests create their own databases/roles)
 #   DATASOURCES_TEST_AZURITE_CONNECTION_STRING
 #   DATASOURCES_TEST_AZURITE_URL
+#   DATASOURCES_TEST_REDIS_URL               a Redis the tests share (they use their own prefixes)
+#   DATASOURCES_TEST_REDIS_SERVER            the redis-server binary (tests start private ones)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +22,8 @@ envfile="$cache/services.env"
 pg_port_default=${DATASOURCES_PG_PORT:-5432}
 pg_private_port=${DATASOURCES_PRIVATE_PG_PORT:-55432}
 azurite_port=${DATASOURCES_AZURITE_PORT:-10000}
+redis_port_default=${DATASOURCES_REDIS_PORT:-6379}
+redis_private_port=${DATASOURCES_PRIVATE_REDIS_PORT:-56379}
 azurite_url="http://127.0.0.1:${azurite_port}/devstoreaccount1"
 # The emulator's published well-known development key: not a secret.
 azurite_key="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -135,21 +140,83 @@ start_azurite() {
   return 1
 }
 
+redis_answers() { # $1 = port; a bare RESP PING over bash's /dev/tcp (no client needed)
+  local reply
+  reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'PING\r\n' >&3 && IFS= read -r -t 3 line <&3 \
+            && printf '%s' "$line") 2>/dev/null ) || return 1
+  [ "${reply%$'\r'}" = "+PONG" ]
+}
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The binary is needed even when a Redis already answers: tests start private ones to
+# stop them (Redis down). Debian's package, like scripts/install-bwrap.sh does for bwrap.
+ensure_redis_server() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "Redis: installing Debian's redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq redis-server >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null; }
+    # The package's own service is not wanted: this script starts a private one if needed.
+  fi
+  command -v redis-server >/dev/null 2>&1 || { log "redis-server is not installed (Debian: apt-get install redis-server)"; return 1; }
+}
+
+start_redis() {
+  ensure_redis_server >&2 || return 1
+  local url="${DATASOURCES_TEST_REDIS_URL:-}" port
+  if [ -n "$url" ]; then
+    port=${url##*:}; port=${port%%/*}
+    if redis_answers "$port"; then log "Redis: using DATASOURCES_TEST_REDIS_URL"; echo "$url"; return; fi
+  fi
+  if redis_answers "$redis_port_default"; then
+    log "Redis: reusing the server on 127.0.0.1:${redis_port_default}"
+    echo "redis://127.0.0.1:${redis_port_default}/0"; return
+  fi
+  port=$redis_private_port
+  [ -f "$cache/redis.port" ] && port=$(cat "$cache/redis.port")
+  if ! redis_answers "$port"; then
+    if port_taken "$port"; then  # something else holds it: any free port will do
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    fi
+    mkdir -p "$cache/redis"
+    log "Redis: starting a private server on 127.0.0.1:${port}"
+    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+      --dir "$cache/redis" --daemonize yes --pidfile "$cache/redis.pid" \
+      --logfile "$cache/redis.log" >/dev/null
+    for _ in $(seq 1 50); do redis_answers "$port" && break; sleep 0.1; done
+    echo "$port" > "$cache/redis.port"
+  fi
+  redis_answers "$port" || { log "Redis did not start; see $cache/redis.log"; return 1; }
+  log "Redis: private server on 127.0.0.1:${port}"
+  echo "redis://127.0.0.1:${port}/0"
+}
+
 cmd_start() {
-  local dsn
+  local dsn redis_url
   dsn=$(start_postgres)
   start_azurite
+  redis_url=$(start_redis)
   cat > "$envfile" <<ENV
 export DATASOURCES_TEST_POSTGRES_DSN='$dsn'
 export DATASOURCES_TEST_AZURITE_URL='$azurite_url'
 export DATASOURCES_TEST_AZURITE_CONNECTION_STRING='$azurite_cs'
+export DATASOURCES_TEST_REDIS_URL='$redis_url'
+export DATASOURCES_TEST_REDIS_SERVER='$(command -v redis-server)'
 ENV
   echo "PostgreSQL  $dsn"
   echo "Azurite     $azurite_url"
+  echo "Redis       $redis_url"
   echo "(exports in $envfile)"
 }
 
 cmd_stop() {
+  if [ -f "$cache/redis.pid" ]; then
+    local rpid; rpid=$(cat "$cache/redis.pid")
+    if kill -0 "$rpid" 2>/dev/null; then log "stopping the private Redis ($rpid)"; kill "$rpid"; fi
+    rm -f "$cache/redis.pid" "$cache/redis.port"
+  fi
   if [ -f "$cache/azurite.pid" ]; then
     local pid; pid=$(cat "$cache/azurite.pid")
     if kill -0 "$pid" 2>/dev/null; then log "stopping Azurite ($pid)"; kill -- "-$pid" 2>/dev/null || kill "$pid"; fi
@@ -180,6 +247,11 @@ cmd_status() {
   done
   [ -n "${dsn:-}" ] || { echo "PostgreSQL  down"; rc=1; }
   if azurite_answers; then echo "Azurite     up    $azurite_url"; else echo "Azurite     down"; rc=1; fi
+  local rport found=""
+  for rport in "$redis_port_default" "$redis_private_port"; do
+    if redis_answers "$rport"; then echo "Redis       up    redis://127.0.0.1:${rport}/0"; found=1; break; fi
+  done
+  [ -n "$found" ] || { echo "Redis       down"; rc=1; }
   return $rc
 }
 

@@ -133,6 +133,40 @@ async def container(azurite: dict[str, str]) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
+def redis_url() -> str:
+    """The Redis scripts/services.sh found or started (shared: use ``redis_prefix``)."""
+    return require_service("DATASOURCES_TEST_REDIS_URL")
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key and channel prefix of this test's own; its keys are deleted afterwards."""
+    from redis.asyncio import Redis
+
+    prefix = f"dstest:{secrets.token_hex(6)}:"
+    yield prefix
+    client = Redis.from_url(redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of the test's own (``tests.redis_server.PrivateRedis``), started."""
+    from tests.redis_server import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Capture every log record at DEBUG, formatted with exception text."""
     caplog.set_level(logging.DEBUG)

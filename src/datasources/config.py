@@ -178,6 +178,13 @@ class Settings(BaseSettings):
         default_factory=_default_home,
         description="State folder: the SQLite store, the key file, workspaces.",
     )
+    workspaces_dir: Path = Field(
+        default_factory=lambda data: Path(data["home"]) / "workspaces",
+        description=(
+            "Where chat workspaces live (default <home>/workspaces). With several replicas or "
+            "the gateway sandbox, a shared volume mounted at the same path everywhere."
+        ),
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL of the store (postgresql+asyncpg://…); default SQLite in home.",
@@ -254,6 +261,27 @@ class Settings(BaseSettings):
         description="Azure account URLs for which API users may use the service's own "
         "identity (use_default_credential); none: never over the HTTP API.",
     )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis shared by every replica (redis://…, rediss://…): rate limits become "
+        "global and, on a SQLite store, cache invalidations travel through it. None: rate "
+        "limits are per process.",
+    )
+    redis_prefix: str = Field(
+        default="datasources:",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[\w.:-]+$",
+        description="Namespace of this deployment's Redis keys and channel (several "
+        "deployments may share one Redis).",
+    )
+    redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Seconds a Redis call may take before the replica falls back to its own "
+        "rate limits (and retries Redis a second later).",
+    )
     allow_privileged_database_roles: bool = Field(
         default=False,
         description="Let database sources use privileged roles (superuser, server files, "
@@ -286,7 +314,9 @@ class Settings(BaseSettings):
 
     def model_post_init(self, context: object, /) -> None:
         # Secrets an operator configures are scrubbed from logs from the start.
-        for secret in (self.database_url, self.secret_keys, self.llm_api_key, self.gateway_token):
+        secrets = (self.database_url, self.secret_keys, self.llm_api_key, self.gateway_token,
+                   self.redis_url)  # fmt: skip
+        for secret in secrets:
             if secret is not None:
                 register_secret(secret.get_secret_value())
 
@@ -330,11 +360,6 @@ class Settings(BaseSettings):
             request_timeout=self.gateway_request_timeout,
             launch_timeout=self.gateway_launch_timeout,
         )
-
-    @property
-    def workspaces_dir(self) -> Path:
-        """Where chat workspaces live."""
-        return self.home / "workspaces"
 
     def key_list(self) -> list[str]:
         """Keys from ``DATASOURCES_SECRET_KEYS`` (empty when not set)."""

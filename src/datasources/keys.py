@@ -16,6 +16,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -63,17 +64,30 @@ class ApiKeys:
     Args:
         store: The store (opened by the caller).
         cache_seconds: How long a checked key is trusted without reading the store
-            again. A revocation takes effect at once in this process and within this
-            many seconds in other replicas.
+            again. A revocation takes effect at once in this process and, unless other
+            replicas hear of it sooner (:meth:`forget`), within this many seconds there.
+        cache_trusted: Asked before each cached answer is used; while it returns False
+            every key is checked against the store (the service passes "the change feed
+            is connected", so a revocation is never missed while the feed is down).
     """
 
-    def __init__(self, store: Store, *, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_seconds: float = 5.0,
+        cache_trusted: Callable[[], bool] | None = None,
+    ) -> None:
         self._store = store
         self._cache_seconds = cache_seconds
+        self._cache_trusted = cache_trusted
         # Keyed by (key id, secret digest): an entry vouches for that exact key only, so
         # a presented token whose secret collides with a cached one under another id, or
         # a revoked key re-presented with a new id, is checked against the store.
         self._cache: dict[tuple[str, str], tuple[float, Principal]] = {}
+        # Bumped by every forget(): a store read begun before one must not be cached
+        # after it (it may predate the revocation it announced).
+        self._generation = 0
 
     async def create(
         self, name: str, *, owner: str | None = None, new_owner: bool = False
@@ -125,8 +139,19 @@ class ApiKeys:
         if key is None:
             raise NotFoundError(f"API key {ref!r} not found.")
         await self._store.revoke_api_key(key.id, datetime.now(UTC))
-        self._cache = {k: v for k, v in self._cache.items() if v[1].key_id != key.id}
+        self.forget(key.id)
         return key
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop what is cached about ``key_id`` (every key when None): it changed elsewhere."""
+        self._generation += 1
+        if key_id is None:
+            self._cache = {}
+        else:
+            self._cache = {k: v for k, v in self._cache.items() if v[1].key_id != key_id}
+
+    def _trusted(self) -> bool:
+        return self._cache_trusted is None or self._cache_trusted()
 
     async def authenticate(self, token: str) -> Principal | None:
         """The principal a presented key stands for, or None (malformed, unknown, revoked)."""
@@ -136,14 +161,17 @@ class ApiKeys:
         key_id, secret = match.groups()
         digest = _hash(secret)
         now = time.monotonic()
-        cached = self._cache.get((key_id, digest))
+        cached = self._cache.get((key_id, digest)) if self._trusted() else None
         if cached is not None and cached[0] > now and cached[1].key_id == key_id:
             return cached[1]
+        generation = self._generation
         record = await self._store.get_api_key(key_id)
         expected = record.secret_hash if record is not None else _DUMMY_HASH
         if not hmac.compare_digest(digest, expected) or record is None or record.revoked_at:
             return None
         principal = Principal(owner=record.owner, key_id=record.id)
+        if generation != self._generation or not self._trusted():
+            return principal
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[(key_id, digest)] = (now + self._cache_seconds, principal)

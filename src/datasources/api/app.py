@@ -21,13 +21,13 @@ from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
 from datasources.api.routes import chats as chat_routes
 from datasources.api.routes import datasources, health
-from datasources.api.security import RateLimiter
 from datasources.chat import ChatService
 from datasources.config import Settings
 from datasources.credentials import install_log_redaction
 from datasources.keys import ApiKeys
 from datasources.registry import DataSourceRegistry
 from datasources.sandbox.manager import SandboxManager
+from datasources.shared import SharedState
 
 __all__ = ["create_app"]
 
@@ -75,7 +75,12 @@ def create_app(
         current = registry or DataSourceRegistry.from_settings(settings, enforce_outbound=True)
         await current.open()
         app.state.registry = current
-        app.state.keys = ApiKeys(current.store, cache_seconds=settings.api.key_cache_seconds)
+        app.state.keys = ApiKeys(
+            current.store,
+            cache_seconds=settings.api.key_cache_seconds,
+            cache_trusted=shared.cache_trusted,
+        )
+        await shared.start(current, app.state.keys)
         sandboxes = SandboxManager.from_settings(settings)
         await sandboxes.start()
         provider = None
@@ -97,6 +102,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await expiry
             await sandboxes.close()
+            await shared.close()
             if own:
                 await current.close()
 
@@ -114,9 +120,9 @@ def create_app(
         ],
     )
     app.state.settings = settings
-    app.state.limiter = RateLimiter(
-        settings.api.rate_limit_per_minute, settings.api.rate_limit_burst
-    )
+    # Rate limits and cache invalidation: per process, or shared through Redis/PostgreSQL.
+    shared = app.state.shared = SharedState(settings)
+    app.state.limiter = shared.limiter
     install_error_handlers(app)
     install_docs(app)
     app.include_router(health.router)

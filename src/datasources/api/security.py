@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from datasources.api.errors import ApiError
 from datasources.keys import ApiKeys, Principal
 from datasources.registry import DataSourceRegistry
+from datasources.shared.ratelimit import RateLimiter
 
 __all__ = ["CurrentPrincipal", "OwnerRegistry", "RateLimiter", "bearer", "principal"]
 
@@ -20,30 +20,6 @@ bearer = HTTPBearer(
     scheme_name="ApiKey",
     description="An API key from `datasources keys create`: `Authorization: Bearer dsk_…`.",
 )
-
-
-class RateLimiter:
-    """A token bucket per key: ``per_minute`` sustained, ``burst`` at once (0 = no limit)."""
-
-    def __init__(self, per_minute: int, burst: int) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float | None:
-        """Spend one token; None if allowed, else the seconds until the next one."""
-        if self.rate <= 0:
-            return None
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
-        self._buckets[key] = (tokens - 1.0, now)
-        return None
 
 
 def _unauthorized(detail: str) -> ApiError:
@@ -63,7 +39,7 @@ async def principal(
         raise _unauthorized("The API key is not valid.")
     request.scope.setdefault("state", {})["key_id"] = found.key_id
     limiter: RateLimiter = request.app.state.limiter
-    wait = limiter.take(found.key_id)
+    wait = await limiter.take(found.key_id)
     if wait is not None:
         raise ApiError(
             429,

@@ -25,6 +25,7 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
+from datasources.store.changes import Change, ChangeAnnouncer
 from datasources.store.models import ApiKeyRow, Base, ChatRow, DataSourceRow, MessageRow
 
 __all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
@@ -160,7 +161,7 @@ def _run_migrations(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
-class Store:
+class Store(ChangeAnnouncer):
     """The registry's database.
 
     Args:
@@ -174,6 +175,7 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[Any] | None = None
         self._reader: Engine | None = None
+        self._observers = []
 
     @classmethod
     def memory(cls) -> Store:
@@ -183,11 +185,6 @@ class Store:
     def __repr__(self) -> str:
         url = make_url(self._url)
         return f"Store({url.render_as_string(hide_password=True)!r})"
-
-    @property
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        return make_url(self._url).get_backend_name()
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -299,13 +296,17 @@ class Store:
     async def add(self, record: StoredSource) -> StoredSource:
         """Insert; :class:`AlreadyExistsError` if the id or name is taken for that owner."""
         row = DataSourceRow(**asdict(record))
+        change = Change("source", record.id, record.owner)
         try:
             async with self._session() as session, session.begin():
                 session.add(row)
+                await session.flush()
+                await self._announce(session, change)
         except sa_exc.IntegrityError:
             raise AlreadyExistsError(
                 f"A data source with id {record.id!r} or name {record.name!r} already exists."
             ) from None
+        await self._told(change)
         return record
 
     async def _read(self, query: Any) -> builtins.list[Any]:
@@ -354,6 +355,7 @@ class Store:
 
     async def update(self, record: StoredSource) -> StoredSource:
         """Replace a stored source's mutable fields."""
+        change = Change("source", record.id, record.owner)
         try:
             async with self._session() as session, session.begin():
                 row = await session.get(
@@ -368,21 +370,30 @@ class Store:
                 row.read_only = record.read_only
                 row.tags = record.tags
                 row.updated_at = record.updated_at
+                await session.flush()
+                await self._announce(session, change)
         except sa_exc.IntegrityError:
             raise AlreadyExistsError(
                 f"A data source named {record.name!r} already exists."
             ) from None
+        await self._told(change)
         return record
 
     async def delete(self, owner: str, source_id: str) -> bool:
         """Delete; whether a row was removed."""
+        change = Change("source", source_id, owner)
         async with self._session() as session, session.begin():
             result = await session.execute(
                 delete(DataSourceRow).where(
                     DataSourceRow.owner == owner, DataSourceRow.id == source_id
                 )
             )
-            return bool(getattr(result, "rowcount", 0))
+            removed = bool(getattr(result, "rowcount", 0))
+            if removed:
+                await self._announce(session, change)
+        if removed:
+            await self._told(change)
+        return removed
 
     async def transform_secrets(self, transform: Callable[[StoredSource], dict[str, str]]) -> int:
         """Rewrite every source's secret tokens in one transaction (all or nothing).
@@ -441,12 +452,16 @@ class Store:
 
     async def revoke_api_key(self, key_id: str, when: datetime) -> bool:
         """Mark a key revoked; whether it existed and was active."""
+        change = Change("api_key", key_id)
         async with self._session() as session, session.begin():
             row = await session.get(ApiKeyRow, key_id, with_for_update=True)
             if row is None or row.revoked_at is not None:
                 return False
             row.revoked_at = when
-            return True
+            await session.flush()
+            await self._announce(session, change)
+        await self._told(change)
+        return True
 
     # -- chats -----------------------------------------------------------------------
 
