@@ -594,7 +594,7 @@ def test_a_missing_home_is_refused_unless_created(tmp_path: Path) -> None:
 
 
 def test_piped_chat_input_sends_fenced_blocks_whole() -> None:
-    from datasources.cli import fence_open, piped_messages
+    from datasources.cli.chat import fence_open, piped_messages
 
     lines = ["hello\n", "```python\n", "a = 1\n", "\n", "print(a)\n", "```\n", "/sql select 1\n"]
     assert list(piped_messages(lines)) == [
