@@ -27,6 +27,7 @@ import pytest
 from pydantic import SecretStr
 
 from datasources.connectors.base import BaseConnector, ConnectorConfig
+from datasources.connectors.sql import as_sql
 from datasources.errors import (
     AlreadyExistsError,
     DataSourceError,
@@ -685,9 +686,8 @@ class DatabaseContract(CommonContract):
         async with make_connector() as connector:
             with pytest.raises(PermissionDeniedError):
                 await connector.upload_data(local, f"{schema}.kept")
-            execute = getattr(connector, "execute_query", None)
-            if execute is not None:
-                with pytest.raises(InvalidInputError):
-                    await execute(f"DELETE FROM {schema}.kept")
-                result = await execute(f"SELECT count(*) FROM {schema}.kept")
-                assert result.rows == [[5]]
+            database = as_sql(connector)  # a database source runs SQL, read-only
+            with pytest.raises(InvalidInputError):
+                await database.execute_query(f"DELETE FROM {schema}.kept")
+            result = await database.execute_query(f"SELECT count(*) FROM {schema}.kept")
+            assert result.rows == [[5]]

@@ -25,7 +25,7 @@ from datasources.api.paging import keyset_page
 from datasources.api.routes.datasources import COMMON, _problem
 from datasources.api.security import INERT_FILE_HEADERS, CurrentPrincipal
 from datasources.chat import ChatService, DataRef, Event
-from datasources.chat.service import FetchedFile
+from datasources.chat.models import FetchedFile
 from datasources.config import ApiSettings
 from datasources.errors import DataSourceError
 from datasources.sandbox.session import Execution, Part
