@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from datasources import __version__
+from datasources.api.deps import document_page_limits
 from datasources.api.docs import install_docs
 from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
@@ -122,8 +123,9 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
     app.include_router(health.router)
-    app.include_router(datasources.build_router(settings.api))
-    app.include_router(chat_routes.build_router(settings.api))
+    app.include_router(datasources.router)
+    app.include_router(chat_routes.router)
+    document_page_limits(app, settings.api)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,
