@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pyarrow.parquet as pq
 import pytest
 
 from datasources.connectors.postgresql import PostgreSQLConnector
@@ -719,10 +720,15 @@ def test_cli_query(database: Database, tmp_path: Path) -> None:
     # its provenance shown (not "sha256:?").
     listed = runner.invoke(app, [*args, "ls", "warehouse"])
     assert listed.exit_code == 0 and "rows" in listed.output and " 0 B" not in listed.output
+    (tmp_path / "ws").mkdir()  # a folder: the table lands at public/canary.parquet in it
     got = runner.invoke(app, [*args, "get", "warehouse", "public.canary", str(tmp_path / "ws")])
     assert got.exit_code == 0, got.output
     assert "sha256:?" not in got.output and re.search(r"sha256:[0-9a-f]{64}", got.output)
     assert got.output.split()[0].endswith("canary.parquet")
+    named = tmp_path / "my-canary.parquet"  # a file name: the table is written there
+    got = runner.invoke(app, [*args, "get", "warehouse", "public.canary", str(named)])
+    assert got.exit_code == 0, got.output
+    assert named.is_file() and pq.read_table(named).num_rows == 50
 
 
 async def test_profile_from_a_sample_from_pg_stats_and_of_a_query(
