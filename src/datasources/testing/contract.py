@@ -11,6 +11,9 @@ fixtures:
 
 Optionally ``secret_values`` (a list of the secrets in the config) to prove that no repr,
 status or error shows them. Everything runs against the real service: no mocks here.
+
+Length: a test suite (one class per contract, one method per behaviour), read one
+test at a time, and shipped as one module that connector authors subclass.
 """
 
 from __future__ import annotations
