@@ -45,7 +45,7 @@ mutants: $(STAMP) node_modules/.installed
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests bench
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'

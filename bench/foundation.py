@@ -190,7 +190,7 @@ def main() -> None:
         pool = {c: best_of(c, data) for c in ("pool_registry", "pool_fresh_connector")}
 
     def mbps(r: dict[str, Any]) -> float:
-        return mb / r["seconds"]
+        return float(mb / r["seconds"])
 
     best_alt = max(mbps(fetch["fetch_copyfile"]), mbps(fetch["fetch_hashed_loop"]))
     rows.append("| case | ours | alternative | ratio | peak RSS growth (ours) |")

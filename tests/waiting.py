@@ -12,18 +12,30 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    probe: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], Awaitable[T]], *, what: str, timeout: float = ..., interval: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T], *, what: str, timeout: float = ..., interval: float = ...
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
     *,
     what: str,
     timeout: float = 30.0,
     interval: float = 0.02,
-) -> T:
+) -> Any:
     """Call ``probe`` (sync or async) until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout
     while True:
@@ -31,7 +43,7 @@ async def eventually(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened within {timeout:g} s: {what}")
         await asyncio.sleep(interval)

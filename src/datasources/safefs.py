@@ -359,7 +359,7 @@ def listing(
     skip: frozenset[str] = frozenset(),
     max_depth: int = MAX_DEPTH,
     max_entries: int = MAX_ENTRIES,
-) -> Iterator[tuple[str, int]]:
+) -> Generator[tuple[str, int], None, None]:
     """Every regular file beneath ``dir_fd`` as (relative path, size), sorted by name.
 
     Folders are entered through descriptors opened without following links; links,

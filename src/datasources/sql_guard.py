@@ -33,6 +33,10 @@ and the catalog names every function a name can reach; together they decide befo
 anything runs. What the tree cannot show (implicit casts, a type's own I/O and comparison
 functions) are created only by roles that can create types and casts, and the
 read-only transaction and the role stop any write they could attempt.
+
+Length: both layers walk the same parse tree, and every node type that can call a
+function must be seen by both; kept in one module so that no call site is known to one
+and missed by the other.
 """
 
 from __future__ import annotations

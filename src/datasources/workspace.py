@@ -11,6 +11,10 @@
   provenance manifest (``.datasources/manifest.jsonl``, append-only, one JSON object a
   line, last line per path wins) and its temp files under ``.datasources/tmp``, so a
   half-written file never appears among the data.
+
+Length: :class:`AtomicFile` and :class:`Workspace` hold one guarantee together (no
+partial, unverified or out-of-place file is ever visible, and every file has its
+provenance); the next split would give :class:`AtomicFile` a module of its own.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -222,7 +223,9 @@ async def test_bodies_over_the_limit_get_413_before_being_read(tmp_path: Path) -
             response = await client.post(SOURCES, content=big, headers=headers)
             assert response.status_code == 413 and response.json()["code"] == "body_too_large"
 
-            async def chunked() -> object:  # no Content-Length: cut off while streaming
+            async def chunked() -> AsyncIterator[
+                bytes
+            ]:  # no Content-Length: cut off while streaming
                 for _ in range(10):
                     yield b" " * 1000
 

@@ -171,7 +171,7 @@ async def test_sql_profiles_and_sqlstates_are_no_oracle(
 
 def test_the_error_vocabulary_is_fixed() -> None:
     """The names the model may see are builtins and the session's own, decided here."""
-    from datasources.chat.assistant import ERROR_CLASSES
+    from datasources.chat.disclosure import ERROR_CLASSES
 
     assert {"KeyError", "ValueError", "ZeroDivisionError", "Timeout"} <= ERROR_CLASSES
     assert "E_SSN_123_45_6789" not in ERROR_CLASSES and len(ERROR_CLASSES) < 100
@@ -226,6 +226,6 @@ async def test_the_services_notes_on_code_output_do_not_reach_the_next_message(
      (99, 100, "10-99"), (100, 100, "100+"), (200, 100, "100+")],
 )  # fmt: skip
 def test_buckets_are_orders_of_magnitude(n: int, top: int, label: str) -> None:
-    from datasources.chat.assistant import bucket
+    from datasources.chat.disclosure import bucket
 
     assert bucket(n, top=top) == label

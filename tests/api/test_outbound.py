@@ -83,9 +83,10 @@ async def test_internal_storage_endpoints_are_refused(
     strict: tuple[httpx.AsyncClient, dict[str, str]], config: dict[str, Any]
 ) -> None:
     client, auth = strict
-    body = {"name": "az", "type": "azure_blob", "config": {"container_name": "ccc", **config}}
+    source_config = {"container_name": "ccc", **config}
     if "container_sas_url" in config:
-        body["config"].pop("container_name")
+        source_config.pop("container_name")
+    body = {"name": "az", "type": "azure_blob", "config": source_config}
     response = await client.post(SOURCES, json=body, headers=auth)
     assert response.status_code == 403, response.text
 

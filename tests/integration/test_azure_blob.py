@@ -12,6 +12,7 @@ import pytest
 
 from datasources.connectors.azure_blob import AzureBlobConnector
 from datasources.testing.contract import ConnectorContract
+from datasources.workspace import Workspace
 from tests.conftest import require_service
 
 pytestmark = pytest.mark.integration
@@ -439,7 +440,7 @@ async def test_blob_overwritten_between_listing_and_fetch(
         await container.upload_blob("v.txt", b"version two!", overwrite=True)
         local = await connector.fetch_data("v.txt", tmp_path)
         assert local.read_bytes() == b"version two!"
-        entry = connector and __import__("datasources").Workspace(tmp_path).lookup("v.txt")
+        entry = Workspace(tmp_path).lookup("v.txt")
         assert entry is not None and entry.etag != listed[0].etag
 
 
@@ -631,7 +632,7 @@ async def test_iteration_holds_one_page_at_a_time(
         requests += 1
         return await original(*args)
 
-    connector._list_request = counting  # type: ignore[method-assign]
+    connector._list_request = counting  # type: ignore[method-assign,assignment]
     async with connector:
         iterator = connector.iter_items("p/")
         first = [await anext(iterator) for _ in range(10)]

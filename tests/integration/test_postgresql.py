@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pyarrow.parquet as pq
 import pytest
 
-from datasources.connectors.postgresql import PostgreSQLConnector
+from datasources.connectors.postgresql import PostgreSQLConfig, PostgreSQLConnector
+from datasources.connectors.sql import as_sql
 from datasources.errors import (
     ConfigurationError,
     DataSourceError,
@@ -431,7 +433,7 @@ async def test_privileged_roles_are_refused_unless_the_operator_allows_them(
         status = await registry.test_data_source("pg")
         assert status.ok and any(reason in w for w in status.warnings)
         async with registry.get_connector("pg") as connector:
-            assert (await connector.execute_query("SELECT 1")).rows == [[1]]
+            assert (await as_sql(connector).execute_query("SELECT 1")).rows == [[1]]
 
 
 async def test_a_role_made_privileged_after_registration_is_refused(database: Database) -> None:
@@ -455,7 +457,7 @@ async def test_the_operator_opt_in_comes_from_settings(tmp_path: Path) -> None:
     from datasources.registry import DataSourceRegistry
 
     for value, expected in (("true", True), ("false", False)):
-        settings = Settings(home=tmp_path, allow_privileged_database_roles=value)  # type: ignore[arg-type]
+        settings = Settings(home=tmp_path, allow_privileged_database_roles=value)
         registry = DataSourceRegistry.from_settings(settings, enforce_outbound=True)
         assert registry._shared.allow_privileged_roles is expected
 
@@ -498,6 +500,7 @@ def test_config_shapes() -> None:
     config = PostgreSQLConnector.validate_config(
         {"dsn": "host=h port=5433 dbname='my db' user=u password='p w'"}
     )
+    assert isinstance(config, PostgreSQLConfig)
     params = config.connection_params()
     assert params["dbname"] == "my db" and params["password"] == "p w" and params["port"] == "5433"
     assert "p w" not in repr(config)
@@ -719,10 +722,15 @@ def test_cli_query(database: Database, tmp_path: Path) -> None:
     # its provenance shown (not "sha256:?").
     listed = runner.invoke(app, [*args, "ls", "warehouse"])
     assert listed.exit_code == 0 and "rows" in listed.output and " 0 B" not in listed.output
+    (tmp_path / "ws").mkdir()  # a folder: the table lands at public/canary.parquet in it
     got = runner.invoke(app, [*args, "get", "warehouse", "public.canary", str(tmp_path / "ws")])
     assert got.exit_code == 0, got.output
     assert "sha256:?" not in got.output and re.search(r"sha256:[0-9a-f]{64}", got.output)
     assert got.output.split()[0].endswith("canary.parquet")
+    named = tmp_path / "my-canary.parquet"  # a file name: the table is written there
+    got = runner.invoke(app, [*args, "get", "warehouse", "public.canary", str(named)])
+    assert got.exit_code == 0, got.output
+    assert named.is_file() and pq.read_table(named).num_rows == 50
 
 
 async def test_profile_from_a_sample_from_pg_stats_and_of_a_query(

@@ -75,7 +75,8 @@ async def test_table_types_round_trip_into_parquet(
     assert types["i2"] == pa.int16() and types["i4"] == pa.int32() and types["i8"] == pa.int64()
     assert types["f4"] == pa.float32() and types["f8"] == pa.float64()
     assert types["n"] == pa.decimal128(12, 3) and types["nbig"] == pa.decimal256(50, 10)
-    assert types["nfree"] == pa.string()  # no declared scale: exact text, never rounded
+    # No declared scale, and NaN among the values: no decimal holds it, a float does.
+    assert types["nfree"] == pa.float64()
     assert types["tz"] == pa.timestamp("us", tz="UTC") and types["ts"] == pa.timestamp("us")
     assert types["d"] == pa.date32() and types["tm"] == pa.time64("us")
     assert types["u"] == pa.uuid() and types["j"] == pa.json_() and types["jb"] == pa.json_()
@@ -86,7 +87,7 @@ async def test_table_types_round_trip_into_parquet(
     assert first["i8"] == 9007199254740993  # beyond a double's integers
     assert first["n"] == decimal.Decimal("1234.567")
     assert first["nbig"] == decimal.Decimal("12345678901234567890123456789.0123456789")
-    assert first["nfree"] == "1.000000000000000000001"
+    assert first["nfree"] == 1.0
     assert first["b"] is True
     assert first["t"] == 'line1\nline2, "quoted"' and first["vc"] == "abc" and first["ch"] == "x  "
     assert first["d"] == dt.date(2024, 2, 29) and first["tm"] == dt.time(23, 59, 59, 999999)
@@ -101,7 +102,7 @@ async def test_table_types_round_trip_into_parquet(
     assert (
         second["t"] == "" and second["by"] == b"" and second["ai"] == [] and second["jb"] == "null"
     )
-    assert second["f8"] == float("-inf") and second["nfree"] == "NaN"
+    assert second["f8"] == float("-inf") and second["nfree"] != second["nfree"]  # NaN
     assert all(v is None for v in third.values())
     entry = workspace.manifest()["public/typed.parquet"]
     assert entry.source_id == "pg" and entry.remote_path == "public.typed"
@@ -119,7 +120,8 @@ async def test_query_export_parameters_limits_and_csv(
     rows = pq.read_table(local).to_pylist()
     assert [r["id"] for r in rows] == [1, 2, 3] and rows[0]["id_2"] == 1 and rows[0]["s"] == "$1"
     entry = workspace.manifest()["out/q.parquet"]
-    assert entry.query == sql and entry.extra == {"params": [3]}
+    assert entry.query == sql and entry.extra["params"] == [3]
+    assert [c["type"] for c in entry.extra["columns"]] == ["int32", "int32", "string", "string"]
     # A string parameter that tries to break out of its literal stays a value.
     hostile = "x'); DELETE FROM canary; --"
     local = await connector.export_query(
@@ -264,8 +266,9 @@ async def test_declared_decimals_for_query_columns(
     local = await connector.export_query(sql, tmp_path / "ws", decimals={"n": (12, 3)})
     table = pq.read_table(local)
     assert table.schema.field("n").type == pa.decimal128(12, 3)
-    assert table.schema.field("m").type == pa.string()  # not declared: exact text
-    assert table.to_pylist() == [{"n": decimal.Decimal("1234.567"), "m": "1234.567", "i4": 2}]
+    assert table.schema.field("m").type == pa.decimal128(38, 3)  # measured from the data
+    row = {"n": decimal.Decimal("1234.567"), "m": decimal.Decimal("1234.567"), "i4": 2}
+    assert table.to_pylist() == [row]
     with pytest.raises(InvalidInputError, match="Parquet"):  # would lose digits: refused
         await connector.export_query(sql, tmp_path / "ws", decimals={"n": (12, 1)})
     for bad in ({"zz": (3, 1)}, {"n": (0, 0)}, {"n": (5, 7)}):

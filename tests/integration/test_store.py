@@ -183,7 +183,7 @@ async def test_migrations_match_the_models(store_url: str) -> None:
 
             def diff(sync_conn: Any) -> list[Any]:
                 context = MigrationContext.configure(sync_conn)
-                return compare_metadata(context, Base.metadata)
+                return list(compare_metadata(context, Base.metadata))
 
             assert await conn.run_sync(diff) == []
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()

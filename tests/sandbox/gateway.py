@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +173,7 @@ def _private(folder: Path) -> Path:
     return folder
 
 
-def start_gateway(*, as_root: bool = False, name: str = "eg") -> Iterator[Gateway]:
+def start_gateway(*, as_root: bool = False, name: str = "eg") -> Generator[Gateway]:
     """Run a gateway until the generator is closed (a fixture's body)."""
     executable = _executable()
     if executable is None:

@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from datasources.config import ApiSettings, SandboxLimits, Settings
+from datasources.sandbox.factory import sandbox_manager
 from datasources.sandbox.gateway import GatewaySession
-from datasources.sandbox.manager import SandboxManager
+from datasources.sandbox.gateway_manager import GatewayManager
 from datasources.sandbox.runtime import SandboxUnavailableError
 from tests.api.conftest import served
 from tests.sandbox.gateway import UID, Gateway, start_gateway
@@ -29,6 +30,12 @@ from tests.waiting import eventually
 pytestmark = [pytest.mark.sandbox, pytest.mark.integration]
 
 CHATS = "/api/v1/chats"
+
+
+def _gateway_manager(settings: Settings) -> GatewayManager:
+    manager = sandbox_manager(settings)
+    assert isinstance(manager, GatewayManager)
+    return manager
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +132,7 @@ async def test_code_runs_in_a_gateway_kernel_with_the_parts_of_a_sandbox(
 async def test_a_second_replica_attaches_to_the_same_kernel(gateway: Gateway) -> None:
     settings = on(gateway, "replicas")
     workspace = settings.workspaces_dir / "c1"
-    first = SandboxManager.from_settings(settings)
+    first = sandbox_manager(settings)
     await first.start()
     await first.prepare("c1", workspace)
     session, new = await first.session("c1", workspace)
@@ -133,7 +140,7 @@ async def test_a_second_replica_attaches_to_the_same_kernel(gateway: Gateway) ->
     kernel = session.kernel_id
     assert (await session.execute("state = {'n': 41}")).ok
     # A second replica (a new manager sharing the workspace root) finds the same kernel.
-    second = SandboxManager.from_settings(settings)
+    second = sandbox_manager(settings)
     await second.start()
     try:
         other, new = await second.session("c1", workspace)
@@ -143,7 +150,7 @@ async def test_a_second_replica_attaches_to_the_same_kernel(gateway: Gateway) ->
         # The first replica stops: its kernels go on; a third one, later, still sees them.
         await first.close()
         assert gateway.has_kernel(str(kernel))
-        third = SandboxManager.from_settings(settings)
+        third = _gateway_manager(settings)
         await third.start()
         again, new = await third.session("c1", workspace)
         assert not new
@@ -268,7 +275,7 @@ async def test_idle_kernels_are_shut_down_unless_another_replica_uses_them(
 ) -> None:
     settings = on(gateway, "idle", idle_seconds=4)
     workspace = settings.workspaces_dir / "c"
-    here, there = (SandboxManager.from_settings(settings) for _ in range(2))
+    here, there = (_gateway_manager(settings) for _ in range(2))
     await here.start()
     await there.start()
     try:
@@ -336,7 +343,7 @@ async def test_a_gateway_run_as_root_refuses_kernels_and_says_so() -> None:
     running = next(server)
     try:
         settings = settings_for(running.home("root"), running.url, running.token)
-        manager = SandboxManager.from_settings(settings)
+        manager = sandbox_manager(settings)
         await manager.start()
         try:
             workspace = settings.workspaces_dir / "c"
@@ -352,7 +359,7 @@ async def test_a_gateway_run_as_root_refuses_kernels_and_says_so() -> None:
 
 async def test_without_a_url_code_is_refused_with_the_setting_to_set(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", sandbox="gateway")
-    manager = SandboxManager.from_settings(settings)
+    manager = sandbox_manager(settings)
     await manager.start()
     try:
         with pytest.raises(SandboxUnavailableError) as refused:

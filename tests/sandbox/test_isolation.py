@@ -38,6 +38,7 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Session, Path]]:
     try:
         workspace = tmp_path / "ws" / "chat"
         session, _ = await manager.session("chat", workspace, owner="o")
+        assert isinstance(session, Session)
         yield session, workspace
     finally:
         await manager.close()

@@ -14,6 +14,7 @@ import pytest
 
 from datasources.config import ApiSettings, SandboxLimits, Settings
 from datasources.sandbox.manager import SandboxManager
+from datasources.sandbox.session import Session
 from tests.api.conftest import served
 
 pytestmark = [pytest.mark.sandbox]
@@ -70,6 +71,7 @@ async def test_nothing_the_session_started_outlives_it(tmp_path: Path) -> None:
             "print('ok')"
         )
         assert result.ok
+        assert isinstance(session, Session)
         cgroup = session._plan.cgroup if session._plan is not None else None
         assert cgroup is not None and cgroup.pids()
         await manager.end("c")

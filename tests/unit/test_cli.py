@@ -74,6 +74,7 @@ def test_add_list_show_test_ls_get_put_remove(home: Path, folder: Path, tmp_path
     assert "a.csv" in ok(home, "ls", "my-files")
 
     dest = tmp_path / "ws"
+    dest.mkdir()  # an existing folder takes the item at its remote path (a new name: a file)
     got = json.loads(ok(home, "--json", "get", "my-files", "sub/b.txt", str(dest)))
     assert Path(got["path"]).read_text() == "hello"
     assert got["provenance"]["source_id"] == "my-files"
@@ -332,7 +333,7 @@ def test_config_file_and_bad_destinations(home: Path, folder: Path, tmp_path: Pa
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("x")
     result = cli(home, "get", "from-file", "a.csv", str(a_file))
-    assert result.exit_code == 1 and "not a folder" in result.output
+    assert result.exit_code == 1 and "already exists" in result.output  # as cp -n would
     assert a_file.read_text() == "x"
 
 
@@ -594,7 +595,7 @@ def test_a_missing_home_is_refused_unless_created(tmp_path: Path) -> None:
 
 
 def test_piped_chat_input_sends_fenced_blocks_whole() -> None:
-    from datasources.cli import fence_open, piped_messages
+    from datasources.cli.chat import fence_open, piped_messages
 
     lines = ["hello\n", "```python\n", "a = 1\n", "\n", "print(a)\n", "```\n", "/sql select 1\n"]
     assert list(piped_messages(lines)) == [

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from datasources import DataSourceRegistry, Settings
-from datasources.cli import _prepare_demo
+from datasources.cli.serve import prepare_demo
 from datasources.keys import ApiKeys
 
 
@@ -22,16 +22,16 @@ async def test_the_demo_key_is_kept_across_runs_until_a_new_one_is_asked_for(
     tmp_path: Path,
 ) -> None:
     settings = Settings(home=tmp_path / "home")
-    first = await _prepare_demo(settings)
+    first = await prepare_demo(settings)
     async with DataSourceRegistry.from_settings(settings) as registry:
         other = await ApiKeys(registry.store).create("ci", owner=settings.owner)
-    again = await _prepare_demo(settings)
+    again = await prepare_demo(settings)
     assert first.startswith("dsk_") and again == first  # scripts keep working
     kept = settings.home / "demo.key"
     assert kept.read_text().strip() == first
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
 
-    fresh = await _prepare_demo(settings, new_key=True)
+    fresh = await prepare_demo(settings, new_key=True)
     assert fresh != first
     assert await _live(settings, first, fresh, other.key) == [False, True, True]
     assert kept.read_text().strip() == fresh
@@ -41,10 +41,10 @@ async def test_the_demo_key_is_kept_across_runs_until_a_new_one_is_asked_for(
         keys = ApiKeys(registry.store)
         demo = next(k for k in await keys.list_keys() if k.revoked_at is None and k.name == "demo")
         await keys.revoke(demo.id)
-    replaced = await _prepare_demo(settings)
+    replaced = await prepare_demo(settings)
     assert replaced != fresh and await _live(settings, replaced) == [True]
     kept.chmod(0o644)
-    assert await _prepare_demo(settings) != replaced
+    assert await prepare_demo(settings) != replaced
 
     async with DataSourceRegistry.from_settings(settings) as registry:
         live = [k for k in await ApiKeys(registry.store).list_keys() if k.revoked_at is None]

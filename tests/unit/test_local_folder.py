@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from datasources.connectors.local_folder import LocalFolderConnector
+from datasources.connectors.local_folder import LocalFolderConfig, LocalFolderConnector
 from datasources.errors import (
     ConfigurationError,
     IntegrityError,
@@ -134,6 +134,7 @@ async def test_a_file_that_changes_during_fetch_leaves_nothing(
 
 async def test_missing_root(tmp_path: Path) -> None:
     config = LocalFolderConnector.validate_config({"root": str(tmp_path / "gone")})
+    assert isinstance(config, LocalFolderConfig)
     with pytest.raises(ConfigurationError) as info:
         await LocalFolderConnector.check_config(config)
     assert "root" in info.value.message
@@ -156,4 +157,4 @@ def test_config_errors_name_every_field() -> None:
 def test_relative_root_is_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = LocalFolderConnector.validate_config({"root": "data"})
-    assert config.root == tmp_path / "data"
+    assert isinstance(config, LocalFolderConfig) and config.root == tmp_path / "data"

@@ -15,7 +15,8 @@ from datasources.models import DataSourceConfig, DataSourceType, slugify
 def test_types_are_an_open_str_enum() -> None:
     assert DataSourceConfig(name="x", type="azure_blob").type is DataSourceType.AZURE_BLOB
     assert DataSourceConfig(name="x", type="my_plugin").type == "my_plugin"
-    assert DataSourceType.POSTGRESQL == "postgresql"
+    member: str = DataSourceType.POSTGRESQL  # a str itself: compares equal to its value
+    assert member == "postgresql"
     with pytest.raises(ValidationError):
         DataSourceConfig(name="x", type="Has Spaces")
 

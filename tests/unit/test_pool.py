@@ -22,7 +22,7 @@ class Conn:
 
 @dataclass
 class Factory:
-    counter: itertools.count = field(default_factory=itertools.count)
+    counter: itertools.count[int] = field(default_factory=itertools.count)
     made: list[Conn] = field(default_factory=list)
     fail: bool = False
     delay: float = 0.0

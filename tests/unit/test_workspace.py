@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,9 @@ def test_atomic_file_positional_writes(tmp_path: Path) -> None:
         {"expected_sha256": "0" * 64},
     ],
 )
-def test_atomic_file_verification_failure_leaves_nothing(tmp_path: Path, kwargs: dict) -> None:
+def test_atomic_file_verification_failure_leaves_nothing(
+    tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
     target = tmp_path / "f"
     target.write_bytes(b"old content")
     file = AtomicFile(target, tmp_dir=tmp_path / "tmp", **kwargs)
@@ -234,7 +237,7 @@ async def test_non_durable_files_are_trusted_only_within_one_boot(
 
     workspace = Workspace(tmp_path / "ws", durable=False)
     fsyncs: list[int] = []
-    monkeypatch.setattr(module.os, "fsync", lambda fd: fsyncs.append(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))  # the module's os
     async with workspace.writer(
         "a.csv", provenance={"source_id": "s", "source_type": "t", "etag": "e"}
     ) as w:

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from datasources import __version__
+from datasources.api.deps import document_page_limits
 from datasources.api.docs import install_docs
 from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
@@ -26,7 +27,7 @@ from datasources.config import Settings
 from datasources.credentials import install_log_redaction
 from datasources.keys import ApiKeys
 from datasources.registry import DataSourceRegistry
-from datasources.sandbox.manager import SandboxManager
+from datasources.sandbox.factory import sandbox_manager
 from datasources.shared import SharedState
 
 __all__ = ["create_app"]
@@ -81,7 +82,7 @@ def create_app(
             cache_trusted=shared.cache_trusted,
         )
         await shared.start(current, app.state.keys)
-        sandboxes = SandboxManager.from_settings(settings)
+        sandboxes = sandbox_manager(settings)
         await sandboxes.start()
         provider = None
         if settings.llm_model:
@@ -126,8 +127,9 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
     app.include_router(health.router)
-    app.include_router(datasources.build_router(settings.api))
-    app.include_router(chat_routes.build_router(settings.api))
+    app.include_router(datasources.router)
+    app.include_router(chat_routes.router)
+    document_page_limits(app, settings.api)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,

@@ -16,12 +16,11 @@ async def keyset_page(
     fetch: Callable[[int, str | None], Awaitable[list[T]]],
     key: Callable[[T], str],
     *,
-    limit: int | None,
+    limit: int,
     cursor: str | None,
-    default: int,
 ) -> tuple[list[T], str | None]:
     """One page from ``fetch(how_many, after_key)``; one extra row says if there is more."""
-    size = limit or default
+    size = limit
     after = decode_cursor(cursor) if cursor else None
     found = await fetch(size + 1, after)
     page = found[:size]

@@ -9,8 +9,9 @@ more than a few blocks, so memory stays flat whatever the row count.
 Each result column gets a :class:`ColumnPlan`: the SQL expression the COPY selects
 (most columns as they are; arrays through ``to_json``), the type the CSV reader parses
 into and, for the few types CSV cannot carry natively (uuid, bytea, arrays, json), a
-conversion applied per batch. The session settings that make the text unambiguous
-(UTC time zone, ISO dates, hex bytea) are :data:`EXPORT_SETTINGS`.
+conversion applied per batch. A ``numeric`` without declared precision and scale gets
+its type from the data (:func:`settle_numerics`). The session settings that make the
+text unambiguous (UTC time zone, ISO dates, hex bytea) are :data:`EXPORT_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class ColumnPlan:
     csv_type: pa.DataType
     arrow_type: pa.DataType
     convert: Callable[[pa.Array], pa.Array] | None = field(default=None, compare=False)
+    unbounded_numeric: bool = False
+    """A ``numeric`` without declared precision and scale: its type is measured from the
+    result by :func:`settle_numerics` before the export (text until then)."""
 
     @property
     def arrow_field(self) -> pa.Field:
@@ -155,8 +159,8 @@ def plan_columns(
     """One :class:`ColumnPlan` per ``(name, type oid, type name)`` of a prepared statement.
 
     ``typmods`` (from ``pg_attribute`` when the columns are a table's) give ``numeric``
-    its precision and scale; a numeric without them is exported as exact text, because
-    a Parquet decimal needs one fixed scale and guessing one would lose digits.
+    its precision and scale; a numeric without them is planned as text and marked
+    ``unbounded_numeric``, for :func:`settle_numerics` to choose its type from the data.
     Duplicate names get ``_2``, ``_3`` … so the file has one column per name.
     """
     plans: list[ColumnPlan] = []
@@ -199,6 +203,10 @@ def plan_columns(
                         functools.partial(pc.cast, target_type=decimal),
                     )
                 )
+        elif oid == _NUMERIC:
+            plans.append(
+                ColumnPlan(name, pg_type, ref, pa.string(), pa.string(), unbounded_numeric=True)
+            )
         elif oid == _UUID:
             plans.append(ColumnPlan(name, pg_type, ref, pa.string(), pa.uuid(), _uuid_array))
         elif oid == _BYTEA:
@@ -220,7 +228,7 @@ def plan_columns(
             )
         else:
             # text, varchar, char, name, enums, intervals (ISO 8601), inet, money, xml,
-            # unconstrained numeric, anything a plugin or extension defines: exact text.
+            # anything a plugin or extension defines: exact text.
             plans.append(ColumnPlan(name, pg_type, ref, pa.string(), pa.string()))
     return plans
 
@@ -236,6 +244,84 @@ def copy_select(inner_sql: str, plans: Sequence[ColumnPlan], limit: int | None) 
     columns = ", ".join(p.select for p in plans)
     tail = f" LIMIT {int(limit)}" if limit is not None else ""
     return f"SELECT {columns} FROM (\n{inner_sql}\n) AS q({aliases}){tail}"
+
+
+FLOAT_DIGITS = 308
+"""Integer digits beyond which a number is out of float64's range (about 1.8e308)."""
+
+
+def numeric_result_type(scale: int | None, largest: Any, specials: int) -> pa.DataType:
+    """The Arrow type for an unbounded ``numeric`` column, from what its values need.
+
+    ``scale`` is the largest number of fractional digits, ``largest`` the largest absolute
+    finite value (a :class:`decimal.Decimal`, or None when every value is NULL) and
+    ``specials`` the count of ``NaN`` / ``±Infinity``. Exact where the values fit one
+    decimal: ``decimal128(38, scale)`` up to 38 digits, ``decimal256(76, scale)`` up to 76;
+    otherwise ``float64`` (NaN and infinities are floats too), and text only for
+    numbers past float64's range.
+    """
+    scale = scale or 0
+    integer_digits = max(largest.adjusted() + 1, 0) if largest is not None else 0
+    if not specials:
+        if integer_digits + scale <= 38:
+            return pa.decimal128(38, scale)
+        if integer_digits + scale <= 76:
+            return pa.decimal256(76, scale)
+    if integer_digits <= FLOAT_DIGITS:
+        return pa.float64()
+    return pa.string()
+
+
+def _settled(plan: ColumnPlan, arrow_type: pa.DataType) -> ColumnPlan:
+    if pa.types.is_decimal256(arrow_type):  # the CSV reader parses decimal128 only
+        convert = functools.partial(pc.cast, target_type=arrow_type)
+        return ColumnPlan(plan.name, plan.pg_type, plan.select, pa.string(), arrow_type, convert)
+    return ColumnPlan(plan.name, plan.pg_type, plan.select, arrow_type, arrow_type)
+
+
+async def settle_numerics(
+    conn: Any,
+    inner_sql: str,
+    plans: Sequence[ColumnPlan],
+    limit: int | None,
+    provenance: dict[str, Any],
+) -> list[ColumnPlan]:
+    """Choose a type for each unbounded ``numeric`` column; record every column's type.
+
+    A Parquet decimal needs one scale per column and the server states none for a
+    ``numeric`` without a declared scale (nor for any query column: asyncpg does not
+    pass type modifiers on), so the numbers would otherwise arrive as text. One
+    aggregate over the same statement, in the export's snapshot, measures the largest
+    scale and magnitude of each such column, and :func:`numeric_result_type` picks the
+    type. That runs the statement twice: cast in the SQL, or declare ``decimals``, to
+    avoid it. A volatile statement whose second run yields a wider value stops the
+    export with a clear error instead of rounding.
+
+    The chosen Arrow type of every column goes into ``provenance`` (the manifest's
+    ``extra.columns``).
+    """
+    settled = list(plans)
+    wanted = [i for i, plan in enumerate(plans) if plan.unbounded_numeric]
+    if wanted:
+        aliases = ", ".join(f"c{i + 1}" for i in range(len(plans)))
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
+        measures = ", ".join(
+            f"max(scale(c{i + 1})), max(abs(c{i + 1})) FILTER (WHERE scale(c{i + 1}) IS NOT NULL), "
+            f"count(*) FILTER (WHERE c{i + 1} IS NOT NULL AND scale(c{i + 1}) IS NULL)"
+            for i in wanted
+        )
+        record = await conn.fetchrow(
+            f"SELECT {measures} FROM (SELECT * FROM (\n{inner_sql}\n) AS q({aliases}){tail}) AS q"
+        )
+        for n, i in enumerate(wanted):
+            scale, largest, specials = record[3 * n], record[3 * n + 1], record[3 * n + 2]
+            settled[i] = _settled(plans[i], numeric_result_type(scale, largest, specials))
+    extra = provenance.setdefault("extra", {})
+    extra["columns"] = [
+        {"name": plan.name, "pg_type": plan.pg_type, "type": str(plan.arrow_type)}
+        for plan in settled
+    ]
+    return settled
 
 
 class ReaderGone(Exception):

@@ -65,6 +65,7 @@ from datasources.connectors.pg_arrow import (
     copy_select,
     csv_to_parquet,
     plan_columns,
+    settle_numerics,
 )
 from datasources.errors import (
     AuthenticationError,
@@ -1329,8 +1330,8 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         The statement passes the same layers as :meth:`execute_query`. ``filename`` is a
         workspace-relative path (default ``exports/query-<hash>.<format>``); ``max_rows``
         stops the export early and the source's ``max_download_bytes`` caps the file.
-        asyncpg does not expose a query's type modifiers, so a numeric column is exported
-        as exact text unless ``decimals`` declares its ``(precision, scale)`` by name.
+        A numeric column gets the exact decimal its values need (measured from the result,
+        see ``pg_arrow.settle_numerics``) unless ``decimals`` declares ``(precision, scale)``.
         """
         await self._guard(sql)
         fmt = _export_format(format)
@@ -1387,6 +1388,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                         limit = f" LIMIT {int(max_rows)}" if max_rows is not None else ""
                         query = f"SELECT * FROM (\n{inner}\n) AS q{limit}"
                     else:
+                        plans = await settle_numerics(conn, inner, plans, max_rows, provenance)
                         query = copy_select(inner, plans, max_rows)
                     async with workspace.writer(
                         target, max_bytes=self.config.max_download_bytes, provenance=provenance

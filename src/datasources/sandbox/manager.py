@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from datasources.config import SandboxLimits
-from datasources.errors import MissingDependencyError
 from datasources.sandbox.disk import FOLDERS, Volumes, move_entries, volume_problem
 from datasources.sandbox.replies import Execution
 from datasources.sandbox.runtime import (
@@ -45,7 +44,7 @@ from datasources.sandbox.runtime import (
 from datasources.sandbox.session import Session
 
 if TYPE_CHECKING:
-    from datasources.config import Settings
+    pass
 
 __all__ = ["KernelSession", "SandboxManager"]
 
@@ -80,7 +79,7 @@ class SandboxManager:
 
     def __init__(self, root: Path, *, mode: str, limits: SandboxLimits) -> None:
         if mode == "gateway" and type(self) is SandboxManager:
-            raise ValueError("gateway mode: build the manager with SandboxManager.from_settings")
+            raise ValueError("gateway mode: build the manager with sandbox.factory.sandbox_manager")
         self.root = root
         self.mode = mode
         self.limits = limits
@@ -98,26 +97,6 @@ class SandboxManager:
         self._starts = asyncio.Semaphore(limits.concurrent_starts)
         self._volumes: Volumes | None = None
         """Per-chat filesystems (``bwrap`` mode, once started)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SandboxManager:
-        """The manager for the configured mode (``DATASOURCES_SANDBOX``).
-
-        Raises:
-            MissingDependencyError: ``gateway`` mode without its client packages.
-        """
-        if settings.sandbox == "gateway":
-            try:
-                from datasources.sandbox.gateway_manager import GatewayManager
-            except ImportError as exc:
-                raise MissingDependencyError(
-                    f"DATASOURCES_SANDBOX=gateway needs {exc.name or 'a package'}: "
-                    "pip install 'datasources[gateway]'"
-                ) from None
-            return GatewayManager(
-                settings.workspaces_dir, limits=settings.sandbox_limits, gateway=settings.gateway
-            )
-        return cls(settings.workspaces_dir, mode=settings.sandbox, limits=settings.sandbox_limits)
 
     def problem(self) -> str | None:
         """Why code cannot run here (None when it can)."""

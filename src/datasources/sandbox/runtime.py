@@ -32,6 +32,10 @@ The ``process`` mode (``DATASOURCES_SANDBOX=process``) keeps the rlimits and the
 scrubbed environment and nothing else: the code can read whatever the service's user
 can read and reach the network. It exists for machines where bubblewrap cannot run,
 and the service says so loudly when it is used.
+
+Length: one launch, read top to bottom: identity, stage, cgroup, seccomp and the
+bubblewrap arguments are only ever used together, and each step's check decides whether
+the launch refuses rather than runs with less; split, that decision would be scattered.
 """
 
 from __future__ import annotations

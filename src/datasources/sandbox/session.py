@@ -6,6 +6,9 @@ kernel's messages into typed parts; a wall-clock timeout interrupts the code, an
 the kernel does not come back, kills the whole sandbox. Every process of a session is in
 its cgroup: between executions all but bubblewrap and the kernel (known by pid from the
 start, never by name) are killed, and closing the session kills the cgroup as a unit.
+
+Length: :class:`Session` is one state machine over the kernel's channels (start,
+execute, interrupt, kill, reap); its transitions read best in one place.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 Owned and isolated exactly like data sources: another owner's chat id is a 404.
 """
 
-# No "from __future__ import annotations": FastAPI must see the page-size type built in
-# build_router, a local name it could not resolve from a string.
+from __future__ import annotations
 
 import json
 import mimetypes
@@ -21,17 +20,17 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from datasources import safefs
+from datasources.api.deps import ChatsDep, PageLimit
 from datasources.api.paging import keyset_page
 from datasources.api.routes.datasources import COMMON, _problem
 from datasources.api.security import INERT_FILE_HEADERS, CurrentPrincipal
-from datasources.chat import ChatService, DataRef, Event
-from datasources.chat.service import FetchedFile
-from datasources.config import ApiSettings
+from datasources.chat import DataRef, Event
+from datasources.chat.models import FetchedFile
 from datasources.errors import DataSourceError
 from datasources.sandbox.session import Execution, Part
 from datasources.store import StoredChat, StoredMessage
 
-__all__ = ["build_router"]
+__all__ = ["router"]
 
 CHAT: dict[int | str, dict[str, Any]] = {**COMMON, 404: _problem("No such chat for this key.")}
 WORK: dict[int | str, dict[str, Any]] = {
@@ -59,7 +58,7 @@ class ChatOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, chat: StoredChat) -> "ChatOut":
+    def of(cls, chat: StoredChat) -> ChatOut:
         return cls(
             id=chat.id, title=chat.title, created_at=chat.created_at, updated_at=chat.updated_at
         )
@@ -101,7 +100,7 @@ class MessageOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, message: StoredMessage) -> "MessageOut":
+    def of(cls, message: StoredMessage) -> MessageOut:
         return cls(
             id=message.id,
             role=message.role,
@@ -137,147 +136,146 @@ class FileList(BaseModel):
     items: list[FetchedFile]
 
 
-def build_router(api: ApiSettings) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/chats", tags=["chats"])
-    PageSize = Annotated[int | None, Query(ge=1, le=api.max_page_size)]
+router = APIRouter(prefix="/api/v1/chats", tags=["chats"])
 
-    def service(request: Request) -> ChatService:
-        chats: ChatService = request.app.state.chats
-        return chats
 
-    @router.post("", status_code=201, response_model=ChatOut, summary="Start a chat",
-                 responses=COMMON)  # fmt: skip
-    async def create_chat(
-        request: Request, caller: CurrentPrincipal, body: Annotated[ChatCreate, Body()] = _EMPTY
-    ) -> ChatOut:
-        chat = await service(request).create_chat(caller.owner, body.title)
-        return ChatOut.of(chat)
+@router.post("", status_code=201, response_model=ChatOut, summary="Start a chat",
+             responses=COMMON)  # fmt: skip
+async def create_chat(
+    chats: ChatsDep, caller: CurrentPrincipal, body: Annotated[ChatCreate, Body()] = _EMPTY
+) -> ChatOut:
+    chat = await chats.create_chat(caller.owner, body.title)
+    return ChatOut.of(chat)
 
-    @router.get("", response_model=ChatList, summary="List chats", responses=COMMON)
-    async def list_chats(
-        request: Request,
-        caller: CurrentPrincipal,
-        limit: PageSize = None,
-        cursor: Annotated[str | None, Query(max_length=1000)] = None,
-    ) -> ChatList:
-        chats = service(request)
-        page, next_cursor = await keyset_page(
-            lambda n, after: chats.list_chats(caller.owner, limit=n, after=after),
-            lambda chat: chat.id,
-            limit=limit,
-            cursor=cursor,
-            default=api.default_page_size,
+
+@router.get("", response_model=ChatList, summary="List chats", responses=COMMON)
+async def list_chats(
+    chats: ChatsDep,
+    caller: CurrentPrincipal,
+    limit: PageLimit,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> ChatList:
+    page, next_cursor = await keyset_page(
+        lambda n, after: chats.list_chats(caller.owner, limit=n, after=after),
+        lambda chat: chat.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return ChatList(items=[ChatOut.of(c) for c in page], next_cursor=next_cursor)
+
+
+@router.get("/{chat_id}", response_model=ChatOut, summary="Get a chat", responses=CHAT)
+async def get_chat(chats: ChatsDep, chat_id: ChatId, caller: CurrentPrincipal) -> ChatOut:
+    return ChatOut.of(await chats.get_chat(caller.owner, chat_id))
+
+
+@router.delete("/{chat_id}", status_code=204, summary="Delete a chat, its files and session",
+               responses=CHAT)  # fmt: skip
+async def delete_chat(chats: ChatsDep, chat_id: ChatId, caller: CurrentPrincipal) -> Response:
+    await chats.delete_chat(caller.owner, chat_id)
+    return Response(status_code=204)
+
+
+@router.get("/{chat_id}/messages", response_model=MessageList, summary="List messages",
+            responses=CHAT, response_model_exclude_none=True)  # fmt: skip
+async def list_messages(
+    chats: ChatsDep,
+    chat_id: ChatId,
+    caller: CurrentPrincipal,
+    limit: PageLimit,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> MessageList:
+    page, next_cursor = await keyset_page(
+        lambda n, after: chats.messages(caller.owner, chat_id, limit=n, after=after),
+        lambda message: message.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return MessageList(items=[MessageOut.of(m) for m in page], next_cursor=next_cursor)
+
+
+@router.post(
+    "/{chat_id}/messages",
+    response_model=Exchange,
+    response_model_exclude_none=True,
+    summary="Send a message; the reply (or, with Accept: text/event-stream, its events)",
+    responses={
+        **WORK,
+        200: {
+            "description": "The message and the reply; as server-sent events when asked.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def post_message(
+    request: Request,
+    chats: ChatsDep,
+    chat_id: ChatId,
+    body: MessageCreate,
+    caller: CurrentPrincipal,
+) -> Any:
+    # References are checked before anything streams, so a bad one is a plain 4xx.
+    chat = await chats.get_chat(caller.owner, chat_id)
+    resolved = await chats.prepare(caller.owner, body.content, body.data_source_refs)
+    events = chats.post(
+        caller.owner, chat.id, body.content, body.data_source_refs, resolved=resolved
+    )
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(
+            _sse(events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-        return ChatList(items=[ChatOut.of(c) for c in page], next_cursor=next_cursor)
+    done: dict[str, Any] = {}
+    async for event in events:
+        if event.event == "done":
+            done = event.data
+    stored = await chats.messages(caller.owner, chat.id, limit=1000, after=None)
+    by_id = {m.id: m for m in stored}
+    return Exchange(
+        message=MessageOut.of(by_id[done["user_message_id"]]),
+        reply=MessageOut.of(by_id[done["message_id"]]),
+    )
 
-    @router.get("/{chat_id}", response_model=ChatOut, summary="Get a chat", responses=CHAT)
-    async def get_chat(request: Request, chat_id: ChatId, caller: CurrentPrincipal) -> ChatOut:
-        return ChatOut.of(await service(request).get_chat(caller.owner, chat_id))
 
-    @router.delete("/{chat_id}", status_code=204, summary="Delete a chat, its files and session",
-                   responses=CHAT)  # fmt: skip
-    async def delete_chat(request: Request, chat_id: ChatId, caller: CurrentPrincipal) -> Response:
-        await service(request).delete_chat(caller.owner, chat_id)
-        return Response(status_code=204)
+@router.post("/{chat_id}/execute", response_model=Execution, response_model_exclude_none=True,
+             summary="Run code in the chat's session", responses=WORK)  # fmt: skip
+async def execute(
+    chats: ChatsDep, chat_id: ChatId, body: ExecuteRequest, caller: CurrentPrincipal
+) -> Execution:
+    return await chats.execute(caller.owner, chat_id, body.code, timeout=body.timeout)
 
-    @router.get("/{chat_id}/messages", response_model=MessageList, summary="List messages",
-                responses=CHAT, response_model_exclude_none=True)  # fmt: skip
-    async def list_messages(
-        request: Request,
-        chat_id: ChatId,
-        caller: CurrentPrincipal,
-        limit: PageSize = None,
-        cursor: Annotated[str | None, Query(max_length=1000)] = None,
-    ) -> MessageList:
-        chats = service(request)
-        page, next_cursor = await keyset_page(
-            lambda n, after: chats.messages(caller.owner, chat_id, limit=n, after=after),
-            lambda message: message.id,
-            limit=limit,
-            cursor=cursor,
-            default=api.default_page_size,
-        )
-        return MessageList(items=[MessageOut.of(m) for m in page], next_cursor=next_cursor)
 
-    @router.post(
-        "/{chat_id}/messages",
-        response_model=Exchange,
-        response_model_exclude_none=True,
-        summary="Send a message; the reply (or, with Accept: text/event-stream, its events)",
-        responses={
-            **WORK,
-            200: {
-                "description": "The message and the reply; as server-sent events when asked.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+@router.get("/{chat_id}/files", response_model=FileList, response_model_exclude_none=True,
+            summary="Files of the workspace, with provenance", responses=CHAT)  # fmt: skip
+async def list_files(chats: ChatsDep, chat_id: ChatId, caller: CurrentPrincipal) -> FileList:
+    return FileList(items=await chats.files(caller.owner, chat_id))
+
+
+@router.get(
+    "/{chat_id}/files/{path:path}",
+    summary="Download a workspace file, streamed",
+    response_class=StreamingResponse,
+    responses={
+        **CHAT,
+        400: _problem("The path is not safe."),
+        200: {
+            "description": "The file's bytes.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
         },
-    )
-    async def post_message(
-        request: Request, chat_id: ChatId, body: MessageCreate, caller: CurrentPrincipal
-    ) -> Any:
-        chats = service(request)
-        # References are checked before anything streams, so a bad one is a plain 4xx.
-        chat = await chats.get_chat(caller.owner, chat_id)
-        resolved = await chats.prepare(caller.owner, body.content, body.data_source_refs)
-        events = chats.post(
-            caller.owner, chat.id, body.content, body.data_source_refs, resolved=resolved
-        )
-        if "text/event-stream" in request.headers.get("accept", ""):
-            return StreamingResponse(
-                _sse(events),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            )
-        done: dict[str, Any] = {}
-        async for event in events:
-            if event.event == "done":
-                done = event.data
-        stored = await chats.messages(caller.owner, chat.id, limit=1000, after=None)
-        by_id = {m.id: m for m in stored}
-        return Exchange(
-            message=MessageOut.of(by_id[done["user_message_id"]]),
-            reply=MessageOut.of(by_id[done["message_id"]]),
-        )
-
-    @router.post("/{chat_id}/execute", response_model=Execution, response_model_exclude_none=True,
-                 summary="Run code in the chat's session", responses=WORK)  # fmt: skip
-    async def execute(
-        request: Request, chat_id: ChatId, body: ExecuteRequest, caller: CurrentPrincipal
-    ) -> Execution:
-        return await service(request).execute(
-            caller.owner, chat_id, body.code, timeout=body.timeout
-        )
-
-    @router.get("/{chat_id}/files", response_model=FileList, response_model_exclude_none=True,
-                summary="Files of the workspace, with provenance", responses=CHAT)  # fmt: skip
-    async def list_files(request: Request, chat_id: ChatId, caller: CurrentPrincipal) -> FileList:
-        return FileList(items=await service(request).files(caller.owner, chat_id))
-
-    @router.get(
-        "/{chat_id}/files/{path:path}",
-        summary="Download a workspace file, streamed",
-        response_class=StreamingResponse,
-        responses={
-            **CHAT,
-            400: _problem("The path is not safe."),
-            200: {
-                "description": "The file's bytes.",
-                "content": {
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-                },
-            },
-        },
-    )
-    async def get_file(
-        request: Request,
-        chat_id: ChatId,
-        path: Annotated[str, Path(min_length=1, max_length=4096)],
-        caller: CurrentPrincipal,
-    ) -> Response:
-        file = await service(request).open_file(caller.owner, chat_id, path)
-        return _stream_file(file, request.headers.get("range"))
-
-    return router
+    },
+)
+async def get_file(
+    request: Request,
+    chats: ChatsDep,
+    chat_id: ChatId,
+    path: Annotated[str, Path(min_length=1, max_length=4096)],
+    caller: CurrentPrincipal,
+) -> Response:
+    file = await chats.open_file(caller.owner, chat_id, path)
+    return _stream_file(file, request.headers.get("range"))
 
 
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
