@@ -456,7 +456,7 @@ def save(name: str, data: dict[str, Any], started: float, info: dict[str, Any]) 
         "bench": name,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--", "src", "bench")),
+        "dirty": bool(_git("status", "--porcelain", "--", "src", "bench", ":!bench/results")),
         "quick": QUICK,
         "rounds": RUNS,
         "duration_s": time.time() - started,
