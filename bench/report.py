@@ -35,6 +35,11 @@ results; nothing is carried over by hand from an earlier run).
   `/proc` and shown where it matters.
 - Durability is stated per row: "fsync" rows have the data on disk when the call returns,
   the others only in the page cache.
+- Sizes keep a full run near 15 minutes on two cores; each is an environment variable, e.g.
+  `BENCH_AZURE_SIZES_MB=256,1024,4096`, `BENCH_AZURE_BLOBS=20000`, `BENCH_AZURE_UPLOAD_MB`,
+  `BENCH_PG_EXPORT_ROWS=1000000,5000000,20000000`, `BENCH_FILE_MB`, `BENCH_LIST_FILES`,
+  `BENCH_PG_LOOKUPS`, `BENCH_API_SECONDS`, `BENCH_API_CONNECTIONS`, `BENCH_SANDBOX_SAMPLES`,
+  `BENCH_RUNS` (rounds, at least 5); the sizes a section ran with are in its tables.
 - Nothing here is asserted in tests.
 """
 
