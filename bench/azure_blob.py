@@ -311,7 +311,11 @@ DOWNLOADS = [
     "curl",
 ]
 UPLOADS = ["upload_ours", "upload_sdk_tuned", "upload_obstore"]
-LISTS = ["list_ours", "list_sdk_blobs", "list_sdk_names", "list_obstore", "list_adlfs"]
+# adlfs lists through the SDK's list_blobs, whose row is here; list_adlfs stays runnable
+# (BENCH_AZURE_LISTS) but is left out by default to keep the run near 15 minutes.
+LISTS = os.environ.get(
+    "BENCH_AZURE_LISTS", "list_ours,list_sdk_blobs,list_sdk_names,list_obstore"
+).split(",")
 
 
 def run() -> dict[str, Any]:
@@ -435,11 +439,12 @@ def _table(
     runs: dict[str, list[Run]], ours: str, rate: Any, unit: str, gib: float, extra: str = ""
 ) -> list[str]:
     lines = [
-        f"| contender | {'durability | ' if extra else ''}{unit} | CPU-s per GiB | Azurite CPU-s "
+        f"| contender | {'durability | ' if extra else ''}{unit} | "
+        f"{'CPU-s per GiB' if gib else 'CPU-s'} | Azurite CPU-s "
         f"| peak RSS growth | {ours.split('_', 1)[1]} vs it |",
         f"|---|{'---|' if extra else ''}---|---|---|---|---|",
     ]
-    order = [n for n in [*DOWNLOADS, *UPLOADS, *LISTS] if n in runs]
+    order = [n for n in LABELS if n in runs]
     for name in order:
         r = runs[name]
         error = harness.first_error(r)
@@ -449,7 +454,7 @@ def _table(
         cpu = values(r, "cpu_s")
         lines.append(
             f"| {LABELS[name]} | {DURABILITY[name] + ' | ' if extra else ''}"
-            f"{spread(values(r, rate))} | {spread(cpu, 2, scale=1 / gib) if gib else '-'} | "
+            f"{spread(values(r, rate))} | {spread(cpu, 2, scale=1 / gib if gib else 1.0)} | "
             f"{spread(values(r, 'azurite_cpu_s'), 1)} | "
             f"{spread(values(r, 'growth_kib'), 1, 'MiB', 1 / 1024)} | "
             f"{'-' if name == ours else ratio_text(paired(runs[ours], r, rate))} |"

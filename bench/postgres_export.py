@@ -33,8 +33,8 @@ import asyncpg
 from bench import harness
 from bench.harness import ProcCpu, Run, fmt, paired, ratio_text, spread, values, verdict
 
-SIZES = harness.sized("BENCH_PG_EXPORT_ROWS", "500000,2000000", "100000")
-PANDAS_MAX_ROWS = harness.size("BENCH_PG_EXPORT_PANDAS_MAX_ROWS", 500_000, 100_000)
+SIZES = harness.sized("BENCH_PG_EXPORT_ROWS", "250000,2000000", "100000")
+PANDAS_MAX_ROWS = harness.size("BENCH_PG_EXPORT_PANDAS_MAX_ROWS", 250_000, 100_000)
 DATABASE = "ds_bench_export"
 PARTITIONS = os.cpu_count() or 2
 CONTENDERS = [

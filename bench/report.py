@@ -62,7 +62,9 @@ def render() -> Path:
         parts.append(
             "## Targets\n\n"
             "The paths issue 14 sets targets for, each as a ratio measured in one run (see the "
-            "section it comes from for durability, CPU and memory).\n\n"
+            "section it comes from for durability, CPU and memory). A status is judged on the "
+            "median of the per-round ratios; where the range straddles the target, the "
+            "verdict is within this machine's noise.\n\n"
             "| path | ours | best alternative, same run | ratio | target | status |\n"
             "|---|---|---|---|---|---|\n"
             + "\n".join("| " + " | ".join(row) + " |" for row in target_rows)
