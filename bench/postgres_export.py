@@ -348,8 +348,9 @@ def render(res: dict[str, Any]) -> str:
     }
     lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     lines.append(
-        f"At {int(sizes[-1]):,} rows: the fsync before the rename leaves ours at "
-        f"{ratio_text(fsync_cost)} of the `durable=False` rate; ConnectorX partitioned runs at "
+        f"At {int(sizes[-1]):,} rows: ours with the fsync before the rename ran at "
+        f"{ratio_text(fsync_cost)} of its `durable=False` rate in the same rounds; ConnectorX "
+        "partitioned ran at "
         f"{ratio_text(part)} of its plain rate (its peak RSS holds the whole table either "
         "way: it has no streaming Arrow return). "
         + (
