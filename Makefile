@@ -51,7 +51,11 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
+## bench: run every benchmark, keep each one's results in bench/results/<name>.json and render
+## docs/performance.md from those files (~15 min on 2 cores). BENCH=name (or "a b") runs only
+## those and re-renders the page; BENCH_QUICK=1 runs small sizes into .cache/bench-quick/.
 bench: $(VENV)/.bench-installed node_modules/.installed
+	bash scripts/install-bwrap.sh
 	bash scripts/services.sh start
 	set -a && . .cache/services.env && set +a && $(PY) -m bench $(BENCH)
 
