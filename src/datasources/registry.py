@@ -5,15 +5,17 @@ ones through the entry-point group ``datasources.connectors``. Sources are kept 
 :class:`~datasources.store.Store` (in memory by default, SQLite or PostgreSQL with
 :meth:`DataSourceRegistry.from_settings`), with secret fields encrypted one by one.
 
-Connectors are borrowed from a per-source :class:`~datasources.pool.ConnectionPool`::
+Each source has one live connector per process (:mod:`datasources.lifecycle`), opened
+on first use and closed when the source changes, is removed or the registry closes; it
+owns the source's driver pool (``Settings.pool``)::
 
     async with DataSourceRegistry.from_settings(settings) as registry:
         await registry.register_data_source(DataSourceConfig(...))
         async with registry.get_connector("my-folder") as connector:
             await connector.list_items()
 
-``await registry.get_connector(id)`` (the earlier system's shape) still works and returns
-a connected connector outside the pool that the caller must ``disconnect()``.
+``await registry.get_connector(id)`` (the earlier system's shape) returns the same shared
+connector; its ``disconnect()`` does nothing, since the registry owns it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ from typing import Any, Self
 from pydantic import ValidationError
 
 from datasources.config import PoolSettings, Settings
-from datasources.connectors.base import BaseConnector, ConnectorConfig, validation_problems
+from datasources.connectors.base import (
+    BaseConnector,
+    ConnectorConfig,
+    DriverLimits,
+    validation_problems,
+)
 from datasources.credentials import MASK, CredentialManager
 from datasources.errors import (
     AlreadyExistsError,
@@ -42,9 +49,9 @@ from datasources.errors import (
     NotFoundError,
     UnknownDataSourceTypeError,
 )
+from datasources.lifecycle import Live, LiveConnectors, PoolStats
 from datasources.models import ConnectionStatus, DataSourceConfig
 from datasources.netpolicy import OutboundPolicy
-from datasources.pool import ConnectionPool, PoolStats
 from datasources.store import Store, StoredSource
 
 __all__ = ["ENTRY_POINT_GROUP", "ConnectorLease", "DataSourceRegistry"]
@@ -91,13 +98,6 @@ def _load_class(type_name: str, target: str) -> type[BaseConnector[Any]]:
 
 
 @dataclass
-class _CachedPool:
-    pool: ConnectionPool[BaseConnector[Any]]
-    updated_at: datetime
-    checked_at: float
-
-
-@dataclass
 class _Listing:
     """One owner's sources as cached: models and their JSON documents, in id order."""
 
@@ -121,7 +121,7 @@ class _Shared:
     outbound: OutboundPolicy | None = None
     allow_privileged_roles: bool = False
     classes: dict[str, type[BaseConnector[Any]]] = field(default_factory=dict)
-    pools: dict[tuple[str, str], _CachedPool] = field(default_factory=dict)
+    live: LiveConnectors = field(init=False)
     listings: dict[str, _Listing] = field(default_factory=dict)
     refreshing: dict[str, asyncio.Future[_Listing | None]] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
@@ -129,32 +129,48 @@ class _Shared:
     opened: bool = False
     closed: bool = False
 
+    def __post_init__(self) -> None:
+        self.live = LiveConnectors(revalidate_after=self.pool_settings.revalidate_after)
+
+    @property
+    def limits(self) -> DriverLimits:
+        settings = self.pool_settings
+        return DriverLimits(
+            max_connections=settings.max_connections,
+            min_connections=settings.min_size,
+            idle_timeout=settings.idle_timeout,
+            max_lifetime=settings.max_lifetime,
+            acquire_timeout=settings.acquire_timeout,
+        )
+
 
 class ConnectorLease:
     """What :meth:`DataSourceRegistry.get_connector` returns.
 
-    ``async with lease as connector`` borrows a pooled connector; ``await lease`` returns
-    a new connected connector that the caller owns and must disconnect.
+    ``async with lease as connector`` borrows the source's live connector for the block
+    (a connector replaced meanwhile is closed only after its borrowers are done);
+    ``await lease`` returns the same shared connector, whose ``disconnect()`` does
+    nothing: the registry closes it.
     """
 
     def __init__(self, registry: DataSourceRegistry, ref: str) -> None:
         self._registry = registry
         self._ref = ref
-        self._borrow: Any = None
+        self._live: Live | None = None
 
     async def __aenter__(self) -> BaseConnector[Any]:
-        pool = await self._registry._pool_for(self._ref)
-        self._borrow = pool.connection()
-        connector: BaseConnector[Any] = await self._borrow.__aenter__()
-        return connector
+        live = await self._registry._live(self._ref)
+        self._registry._shared.live.borrow(live)
+        self._live = live
+        return live.connector
 
     async def __aexit__(self, *exc: Any) -> None:
-        borrow, self._borrow = self._borrow, None
-        if borrow is not None:
-            await borrow.__aexit__(*exc)
+        live, self._live = self._live, None
+        if live is not None:
+            await self._registry._shared.live.release(live)
 
     def __await__(self) -> Generator[Any, None, BaseConnector[Any]]:
-        return self._registry._standalone_connector(self._ref).__await__()
+        return self._registry._shared_connector(self._ref).__await__()
 
 
 class DataSourceRegistry:
@@ -165,7 +181,7 @@ class DataSourceRegistry:
         credentials: Encrypts secret fields; default an ephemeral in-memory key (for
             the in-memory store only: a persistent store needs a real key).
         owner: Whose sources this registry sees.
-        pool_settings: Limits of each source's connector pool.
+        pool_settings: Limits of each source's driver pool (per process).
         outbound: The outbound-target policy sources are checked against (None: none).
         allow_privileged_roles: The operator's opt-in to database sources whose role is
             privileged (``Settings.allow_privileged_database_roles``).
@@ -220,7 +236,7 @@ class DataSourceRegistry:
         )
 
     def scoped(self, owner: str) -> DataSourceRegistry:
-        """A view of the same store and pools that sees only ``owner``'s sources."""
+        """A view of the same store and connectors that sees only ``owner``'s sources."""
         view = object.__new__(DataSourceRegistry)
         view._shared = self._shared
         view.owner = owner
@@ -257,13 +273,9 @@ class DataSourceRegistry:
                 shared.opened = True
 
     async def close(self) -> None:
-        """Close every pool and the store."""
+        """Close every source's connector (borrowers get a few seconds) and the store."""
         shared = self._shared
-        async with shared.lock:
-            pools = {id(c.pool): c.pool for c in shared.pools.values()}
-            shared.pools.clear()
-        for pool in pools.values():
-            await pool.close()
+        await shared.live.close()
         await shared.store.close()
         shared.opened = False
 
@@ -589,13 +601,13 @@ class DataSourceRegistry:
                 raise AlreadyExistsError(f"A data source named {updated.name!r} already exists.")
         await self._shared.store.update(updated)
         self._forget_listing()
-        await self._drop_pool(record.id)
+        await self._shared.live.retire(self.owner, record.id)
         return self._public(updated)
 
     async def remove_data_source(self, ref: str) -> None:
-        """Delete a source and close its pool."""
+        """Delete a source and close its connector (after its borrowers are done)."""
         record = await self._resolve(ref)
-        await self._drop_pool(record.id)
+        await self._shared.live.retire(self.owner, record.id)
         await self._shared.store.delete(self.owner, record.id)
         self._forget_listing()
         logger.info("Removed data source %r.", record.id)
@@ -637,7 +649,7 @@ class DataSourceRegistry:
         logger.info("Rotated the secrets of %d data sources.", count)
         return count
 
-    # -- connectors and pools ----------------------------------------------------------
+    # -- connectors --------------------------------------------------------------------
 
     async def _build(self, record: StoredSource) -> BaseConnector[Any]:
         cls = self.connector_class(record.type)
@@ -649,94 +661,35 @@ class DataSourceRegistry:
             read_only=record.read_only,
             outbound=self._shared.outbound,
         )
-        # The operator's opt-in, from settings: a source's own config cannot set it.
+        # The operator's opt-in and limits, from settings: a source's config cannot set them.
         connector.allow_privileged_role = self._shared.allow_privileged_roles
+        connector.limits = self._shared.limits
         return connector
 
-    def get_connector(self, ref: str) -> ConnectorLease:
-        """Borrow a connector (``async with``) or get an owned one (``await``)."""
-        return ConnectorLease(self, ref)
-
-    async def _standalone_connector(self, ref: str) -> BaseConnector[Any]:
-        record = await self._resolve(ref)
+    async def _open_live(self, record: StoredSource) -> BaseConnector[Any]:
         connector = await self._build(record)
+        connector.share()
         await connector.connect()
         return connector
 
-    async def _pool_for(self, ref: str) -> ConnectionPool[BaseConnector[Any]]:
-        shared = self._shared
-        loop_time = asyncio.get_running_loop().time()
-        cached = shared.pools.get((self.owner, ref))
-        # Borrowing must not cost a store round trip; other replicas' changes are
-        # picked up within revalidate_after seconds.
-        if (
-            cached is not None
-            and not cached.pool.closed
-            and loop_time - cached.checked_at < shared.pool_settings.revalidate_after
-        ):
-            return cached.pool
+    def get_connector(self, ref: str) -> ConnectorLease:
+        """The source's live connector: borrowed (``async with``) or handed out (``await``)."""
+        return ConnectorLease(self, ref)
+
+    async def _live(self, ref: str) -> Live:
+        live = self._shared.live.cached(self.owner, ref)
+        if live is not None:
+            # Borrowing must not cost a store round trip; other replicas' changes are
+            # picked up within revalidate_after seconds.
+            return live
         record = await self._resolve(ref)
-        key = (self.owner, record.id)
-        async with shared.lock:
-            cached = shared.pools.get(key)
-            stale = cached is not None and (
-                cached.pool.closed or cached.updated_at != record.updated_at
-            )
-            if stale and cached is not None:
-                await cached.pool.close()
-            if cached is None or stale:
-                pool = self._new_pool(record)
-                await pool.open()
-                cached = _CachedPool(pool, record.updated_at, loop_time)
-                shared.pools[key] = cached
-            else:
-                cached.checked_at = loop_time
-            if ref != record.id:
-                shared.pools[(self.owner, ref)] = cached  # a name borrows the same pool
-        return cached.pool
+        return await self._shared.live.get(record, ref, self._open_live)
 
-    def _new_pool(self, record: StoredSource) -> ConnectionPool[BaseConnector[Any]]:
-        owner, source_id = record.owner, record.id
-        settings = self._shared.pool_settings
-
-        async def factory() -> BaseConnector[Any]:
-            # Re-read so a pool never connects with a stale config.
-            current = await self._shared.store.get(owner, source_id)
-            if current is None:
-                raise NotFoundError(f"Data source {source_id!r} not found.")
-            connector = await self._build(current)
-            await connector.connect()
-            return connector
-
-        async def close(connector: BaseConnector[Any]) -> None:
-            await connector.disconnect()
-
-        async def check(connector: BaseConnector[Any]) -> bool:
-            return await connector.ping()
-
-        return ConnectionPool(
-            factory,
-            close=close,
-            check=check,
-            name=f"{owner}/{source_id}",
-            min_size=settings.min_size,
-            max_size=settings.max_size,
-            acquire_timeout=settings.acquire_timeout,
-            idle_timeout=settings.idle_timeout,
-            max_lifetime=settings.max_lifetime,
-            check_after=settings.check_after,
-        )
-
-    async def _drop_pool(self, source_id: str) -> None:
-        async with self._shared.lock:
-            pools = self._shared.pools
-            target = pools.get((self.owner, source_id))
-            keys = [k for k, v in pools.items() if k[0] == self.owner and v is target]
-            for key in keys:
-                del pools[key]
-        if target is not None:
-            await target.pool.close()
+    async def _shared_connector(self, ref: str) -> BaseConnector[Any]:
+        live = await self._live(ref)
+        self._shared.live.hand_out(live)
+        return live.connector
 
     def pool_stats(self) -> dict[str, PoolStats]:
-        """Stats of every open pool, keyed by its name (``owner/id``)."""
-        return {c.pool.name: c.pool.stats() for c in self._shared.pools.values()}
+        """Every live connector and its driver pool, keyed by ``owner/id``."""
+        return self._shared.live.stats()

@@ -7,6 +7,14 @@ bad field named) and which config fields are ``secret_fields``. Listing helpers
 (``list_items``, ``list_page`` with opaque cursors, glob matching) and the streamed,
 verified, provenance-recording fetch into a :class:`~datasources.workspace.Workspace`
 live here once, for every connector.
+
+A connector is long-lived: the registry keeps one per source per process, and that one
+object owns the driver's connections (a pool, an HTTP session) and the source's caches.
+A connector the registry hands out is *shared*: its users' ``disconnect()`` (or leaving
+``async with connector``) does nothing, since other tasks are using it; the registry
+closes it with :meth:`BaseConnector.close_shared` when the source changes, is removed or
+the registry closes. A connector built by hand is the caller's, and ``disconnect()``
+closes it.
 """
 
 from __future__ import annotations
@@ -16,15 +24,17 @@ import base64
 import binascii
 import builtins
 import contextlib
+import functools
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from datasources.connectors.limits import DriverLimits, DriverStats
 from datasources.errors import (
     ConfigurationError,
     DataSourceError,
@@ -49,6 +59,8 @@ __all__ = [
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "BaseConnector",
     "ConnectorConfig",
+    "DriverLimits",
+    "DriverStats",
     "ProgressCallback",
     "compile_glob",
     "glob_prefix",
@@ -168,6 +180,19 @@ class ItemStream:
         return cls(item, chunks, item.content_type or "application/octet-stream", item.size)
 
 
+def _shared_aware(disconnect: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a connector's ``disconnect`` so that its users cannot close a shared connector."""
+
+    @functools.wraps(disconnect)
+    async def guarded(self: BaseConnector[Any]) -> None:
+        if self._shared and not self._closing_shared:
+            return  # the registry's: it closes it when the source changes or goes
+        await disconnect(self)
+
+    guarded.__shared_aware__ = True  # type: ignore[attr-defined]
+    return guarded
+
+
 class BaseConnector(ABC, Generic[ConfigT]):
     """The contract every data source connector implements.
 
@@ -185,6 +210,16 @@ class BaseConnector(ABC, Generic[ConfigT]):
     allow_privileged_role: bool = False
     """Operator opt-in (never from a source's config): credentials with more than read
     rights may be used. Connectors that can tell (PostgreSQL) refuse them otherwise."""
+    limits: DriverLimits = DriverLimits()
+    """The operator's limits for this source's driver pool (set by the registry)."""
+    _shared: bool = False
+    _closing_shared: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("disconnect")
+        if own is not None and not getattr(own, "__shared_aware__", False):
+            setattr(cls, "disconnect", _shared_aware(own))  # noqa: B010 - a method, wrapped
 
     def __init__(
         self,
@@ -273,7 +308,29 @@ class BaseConnector(ABC, Generic[ConfigT]):
 
     @abstractmethod
     async def disconnect(self) -> None:
-        """Release every resource. Safe to call twice."""
+        """Release every resource. Safe to call twice.
+
+        On a shared connector (one the registry handed out) this does nothing: the
+        registry closes it with :meth:`close_shared`.
+        """
+
+    @property
+    def shared(self) -> bool:
+        """Whether a registry owns this connector (its users' ``disconnect()`` is a no-op)."""
+        return self._shared
+
+    def share(self) -> None:
+        """Mark this connector as the registry's (called once, before it is handed out)."""
+        self._shared = True
+
+    async def close_shared(self) -> None:
+        """Close a shared connector for good: the registry's call, never its users'."""
+        self._closing_shared = True
+        await self.disconnect()
+
+    def driver_stats(self) -> DriverStats | None:
+        """The driver pool's connections now; None for a connector without one."""
+        return None
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -53,6 +53,7 @@ from datasources.connectors import pg_values
 from datasources.connectors.base import (
     BaseConnector,
     ConnectorConfig,
+    DriverStats,
     ItemStream,
     ProgressCallback,
     listing_query,
@@ -361,14 +362,48 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# What a server restart or a dropped connection looks like to the client.
+# What a server restart, a failover or a dropped connection looks like to the client. A
+# connection that fails like this is gone, and most likely so is every other one the pool
+# holds: they are discarded together (asyncpg's expire_connections), not one per query.
 _DROPPED_CONNECTION: tuple[type[BaseException], ...] = (
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CannotConnectNowError,
-    ConnectionResetError,
-    BrokenPipeError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection does not exist, failed…
+    asyncpg.AdminShutdownError,  # 57P01: the server is shutting down
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.CannotConnectNowError,  # 57P03: the server is starting up
+    ConnectionError,  # reset, refused, aborted, broken pipe
 )
+
+
+def _dropped(exc: BaseException, conn: Any = None) -> bool:
+    """Whether ``exc`` means the connection (and likely its pool's others) is gone."""
+    if isinstance(exc, _DROPPED_CONNECTION):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError) and conn is not None:
+        try:
+            return bool(conn.is_closed())
+        except asyncpg.InterfaceError:  # a proxy already handed back
+            return True
+    return False
+
+
+def _deadline(seconds: float) -> float:
+    """How long the client waits for a statement the server itself stops after ``seconds``.
+
+    The server's ``statement_timeout`` normally ends a slow statement and says so; this is
+    the backstop for a server or a network that has stopped answering altogether.
+    """
+    return seconds + min(max(seconds, 1.0), 5.0)
+
+
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg's connection, knowing when it was opened (for the pool's ``max_lifetime``)."""
+
+    __slots__ = ("opened_at",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened_at = time.monotonic()
+
 
 ExportFormat = Literal["parquet", "csv"]
 _PIPE_CHUNK = 1 << 20
@@ -516,6 +551,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         self._catalog_at = 0.0
         self._catalog_lock = asyncio.Lock()
         self._releasing: set[asyncio.Task[None]] = set()
+        self._max_connections = 0
 
     @classmethod
     async def check_config(cls, config: ConnectorConfig) -> None:
@@ -570,6 +606,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             return
 
         params = self.config.connection_params()
+        max_size = min(self.config.pool_max_size, self.limits.max_connections)
         name = host = params["host"]
         if self.outbound is not None:
             # Connect to the address that was checked, never to a second DNS answer; a
@@ -587,8 +624,12 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                 "default_transaction_read_only": "on" if self.transaction_check else "off",
                 "application_name": params.get("application_name", self.config.application_name),
             },
-            "min_size": self.config.pool_min_size,
-            "max_size": self.config.pool_max_size,
+            # One pool per source per process: the operator's ceiling, which the source's
+            # own pool_max_size may lower but never raise.
+            "min_size": min(max(self.config.pool_min_size, self.limits.min_connections), max_size),
+            "max_size": max_size,
+            "max_inactive_connection_lifetime": self.limits.idle_timeout,
+            "connection_class": _Connection,
             # _end() rolls back and resets the session in one round trip; asyncpg's own
             # reset would add a second one on every release.
             "reset": _session_already_reset,
@@ -602,6 +643,7 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             kwargs["statement_cache_size"] = 0
         with self._errors("connecting"):
             self._pool = await asyncpg.create_pool(**kwargs)
+        self._max_connections = max_size
         self._connected = True
 
     async def _init_connection(self, conn: Any) -> None:
@@ -634,22 +676,157 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         self._connected = False
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
-        pool, self._pool = self._pool, None
+        pool = self._pool
         if pool is not None:
+            # Graceful: busy connections are waited for (their users hand them back to
+            # this pool, which must still be reachable), then closed; 10 s at most.
             try:
                 await asyncio.wait_for(pool.close(), 10)
             except (builtins.TimeoutError, OSError):
                 pool.terminate()
+            finally:
+                self._pool = None
 
     async def ping(self) -> bool:
         if not self._connected or self._pool is None:
             return False
         try:
-            async with self._pool.acquire(timeout=5) as conn:
+            async with self._transaction(5.0) as conn, asyncio.timeout(_deadline(5.0)):
                 await conn.fetchval("SELECT 1")
             return True
         except Exception:
             return False
+
+    def driver_stats(self) -> DriverStats | None:
+        pool = self._pool
+        if pool is None:
+            return None
+        return DriverStats(
+            connections=pool.get_size(),
+            idle=pool.get_idle_size(),
+            max_connections=self._max_connections,
+        )
+
+    # -- sessions --------------------------------------------------------------------
+
+    async def _discard_all(self) -> None:
+        """Replace every connection of the pool: idle ones at their next borrow, busy ones
+        when they come back. They died together (a restart, a failover)."""
+        pool = self._pool
+        if pool is not None:
+            await pool.expire_connections()
+
+    async def _checkout(self, seconds: float, *, snapshot: bool = False, extra: str = "") -> Any:
+        """A connection in a new read-only transaction with its limits set.
+
+        The BEGIN is the connection's health check: a connection found dead there is
+        discarded with every other one of the pool, and the BEGIN is sent once more on a
+        new connection (nothing has run yet, so any statement may be retried).
+        """
+        pool = self._require_pool()
+        for attempt in (1, 2):
+            try:
+                conn = await pool.acquire(timeout=self.limits.acquire_timeout)
+            except builtins.TimeoutError:
+                raise TimeoutError(
+                    f"No connection of source {self.source_id!r} became free within "
+                    f"{self.limits.acquire_timeout:g} s (all {self._max_connections} busy).",
+                    details={"max_connections": self._max_connections},
+                ) from None
+            except _DROPPED_CONNECTION:
+                await self._discard_all()
+                if attempt == 2:
+                    raise
+                continue
+            try:
+                async with asyncio.timeout(_deadline(self.config.connect_timeout)):
+                    await self._begin(conn, seconds, snapshot=snapshot, extra=extra)
+                return conn
+            except BaseException as exc:
+                await self._checkin(conn, broken=True)
+                if not _dropped(exc, conn) or attempt == 2:
+                    if isinstance(exc, builtins.TimeoutError):
+                        raise self._no_answer("transaction", self.config.connect_timeout) from None
+                    raise
+                await self._discard_all()
+                logger.info(
+                    "PostgreSQL connection of %r was dead (%s); discarding the pool's "
+                    "connections and trying a new one.",
+                    self.source_id,
+                    type(exc).__name__,
+                )
+        raise AssertionError("unreachable")
+
+    async def _checkin(self, conn: Any, *, broken: bool = False) -> None:
+        """Hand a connection back: a broken or expired one is closed instead of lent again."""
+        pool = self._require_pool()
+        try:
+            if broken or conn.is_closed():
+                conn.terminate()
+            elif time.monotonic() - conn.opened_at >= self.limits.max_lifetime:
+                await conn.close(timeout=2)
+        except asyncpg.InterfaceError:
+            pass  # it closed under us, and the driver has taken it back already
+        except Exception:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+        await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(
+        self, seconds: float, *, snapshot: bool = False, extra: str = ""
+    ) -> AsyncIterator[Any]:
+        """Borrow a connection inside a read-only transaction; always rolled back.
+
+        The block should bound its own waiting with ``asyncio.timeout(_deadline(…))``:
+        on that timeout, or when the connection turns out dead, the connection is closed
+        rather than lent again (and a dead one takes the pool's others with it).
+        """
+        conn = await self._checkout(seconds, snapshot=snapshot, extra=extra)
+        try:
+            yield conn
+        except BaseException as exc:
+            dead = _dropped(exc, conn)
+            if dead or isinstance(exc, builtins.TimeoutError):
+                await self._checkin(conn, broken=True)
+                if dead:
+                    await self._discard_all()
+            else:
+                await self._end(conn)
+                await self._checkin(conn)
+            if isinstance(exc, builtins.TimeoutError):
+                raise self._no_answer("statement", seconds) from None
+            raise
+        await self._end(conn)
+        await self._checkin(conn)
+
+    def _no_answer(self, what: str, seconds: float) -> TimeoutError:
+        return TimeoutError(
+            f"PostgreSQL did not answer the {what} of source {self.source_id!r} within "
+            f"{_deadline(seconds):g} s; the connection was closed.",
+            details={"seconds": _deadline(seconds)},
+        )
+
+    async def _read(self, what: str, seconds: float, work: Any, *, snapshot: bool = False) -> Any:
+        """Run ``work(conn)`` in a read-only transaction, once more if the connection drops.
+
+        Everything here reads, so running it again on a new connection is safe.
+        """
+        with self._errors(what):
+            for attempt in (1, 2):
+                try:
+                    async with self._transaction(seconds, snapshot=snapshot) as conn:
+                        async with asyncio.timeout(_deadline(seconds)):
+                            return await work(conn)
+                except _DROPPED_CONNECTION as exc:
+                    if attempt == 2:
+                        raise
+                    logger.info(
+                        "PostgreSQL connection lost during the %s (%s); retrying once.",
+                        what,
+                        type(exc).__name__,
+                    )
+        raise AssertionError("unreachable")
 
     # -- errors ----------------------------------------------------------------------
 
@@ -675,6 +852,16 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         except (asyncpg.ReadOnlySQLTransactionError, asyncpg.ActiveSQLTransactionError) as exc:
             raise ReadOnlyViolation(
                 f"The server refused it: {exc.args[0] if exc.args else exc}"
+            ) from None
+        except _DROPPED_CONNECTION as exc:
+            logger.info("PostgreSQL %s failed: %s", what, type(exc).__name__)
+            raise UnavailableError(
+                f"PostgreSQL cannot be reached for source {self.source_id!r}."
+            ) from None
+        except asyncpg.TooManyConnectionsError:
+            raise UnavailableError(
+                f"PostgreSQL has no connection left for source {self.source_id!r} "
+                "(its max_connections is reached); try again."
             ) from None
         except asyncpg.InsufficientPrivilegeError as exc:
             raise PermissionDeniedError(f"PostgreSQL refused the {what}: {exc}") from None
@@ -730,14 +917,14 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
                     columns, rows, truncated = await self._run(sql, params, limit, seconds)
                     break
                 except _DROPPED_CONNECTION as exc:
-                    # The server restarted or dropped us before any row came back. Every
-                    # query here is a read-only statement, so running it once more is safe.
+                    # The server restarted or dropped us before the rows came back (the
+                    # pool's connections are discarded by then). Every query here is one
+                    # read-only statement, so running it once more is safe.
                     if attempt == 2:
                         raise
                     logger.info(
                         "PostgreSQL connection lost (%s); retrying once.", type(exc).__name__
                     )
-                    self._require_pool().expire_connections()
         return QueryResult(
             columns=columns,
             rows=rows,
@@ -794,56 +981,63 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         async with self._catalog_lock:
             if self._catalog is not catalog and self._catalog is not None:
                 return self._catalog
-            with self._errors("catalog lookup"):
-                async with self._require_pool().acquire(
-                    timeout=self.config.connect_timeout
-                ) as conn:
-                    await self._begin(conn, self.config.statement_timeout)
-                    try:
-                        functions = await conn.fetch(CATALOG_SQL)
-                        operators = await conn.fetch(OPERATORS_SQL)
-                        casts = await conn.fetch(CASTS_SQL)
-                        relations = await conn.fetch(RELATIONS_SQL)
-                        types = await conn.fetch(TYPES_SQL)
-                        search_path = await conn.fetchval(SEARCH_PATH_SQL)
-                    finally:
-                        await self._end(conn)
-            self._catalog = Catalog.from_rows(
-                functions, operators, casts, relations, list(search_path), types
-            )
+
+            async def load(conn: Any) -> Catalog:
+                functions = await conn.fetch(CATALOG_SQL)
+                operators = await conn.fetch(OPERATORS_SQL)
+                casts = await conn.fetch(CASTS_SQL)
+                relations = await conn.fetch(RELATIONS_SQL)
+                types = await conn.fetch(TYPES_SQL)
+                search_path = await conn.fetchval(SEARCH_PATH_SQL)
+                return Catalog.from_rows(
+                    functions, operators, casts, relations, list(search_path), types
+                )
+
+            self._catalog = await self._read("catalog lookup", self.config.statement_timeout, load)
             self._catalog_at = time.monotonic()
             return self._catalog
 
     async def _run(
         self, sql: str, params: Sequence[Any] | None, limit: int, seconds: float
     ) -> tuple[list[QueryColumn], list[list[Any]], bool]:
-        pool = self._require_pool()
-        conn = await pool.acquire(timeout=self.config.connect_timeout)
+        conn = await self._checkout(seconds)
         try:
-            await self._begin(conn, seconds)
-            attributes = await _describe(conn, sql)
-            columns = [QueryColumn(name=name, type=type_name) for name, _, type_name in attributes]
-            records = await _fetch_at_most(conn, sql, params, limit + 1)
+            async with asyncio.timeout(_deadline(seconds)):
+                attributes = await _describe(conn, sql)
+                columns = [
+                    QueryColumn(name=name, type=type_name) for name, _, type_name in attributes
+                ]
+                records = await _fetch_at_most(conn, sql, params, limit + 1)
             truncated = len(records) > limit
             rows = [[_jsonable(v) for v in record] for record in records[:limit]]
-        except BaseException:
-            await self._end(conn)
-            await pool.release(conn)
+        except BaseException as exc:
+            dead = _dropped(exc, conn)
+            if dead or isinstance(exc, builtins.TimeoutError):
+                await self._checkin(conn, broken=True)
+                if dead:
+                    await self._discard_all()
+            else:
+                await self._end(conn)
+                await self._checkin(conn)
+            if isinstance(exc, builtins.TimeoutError):
+                raise self._no_answer("query", seconds) from None
             raise
         # The rows are in hand: the rollback and the pool's reset run after the caller has
         # them, and the connection is lent again only when both are done.
-        task = asyncio.create_task(self._end_and_release(pool, conn))
+        task = asyncio.create_task(self._end_and_release(conn))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
         return columns, rows, truncated
 
-    async def _end_and_release(self, pool: Any, conn: Any) -> None:
+    async def _end_and_release(self, conn: Any) -> None:
         # The statement has finished: the rollback needs no cancel requests behind it.
+        broken = False
         try:
-            await conn.execute(_END_SQL)
+            async with asyncio.timeout(_deadline(self.config.connect_timeout)):
+                await conn.execute(_END_SQL)
         except Exception:
-            await conn.close(timeout=2)
-        await pool.release(conn)
+            broken = True
+        await self._checkin(conn, broken=broken)
 
     async def _begin(
         self, conn: Any, seconds: float, *, snapshot: bool = False, extra: str = ""
@@ -898,13 +1092,17 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         try:
             if not self._connected:
                 await self.connect()
-            with self._errors("connection test"):
-                async with self._require_pool().acquire(
-                    timeout=self.config.connect_timeout
-                ) as conn:
-                    version = await conn.fetchval("SHOW server_version")
-                    role = await conn.fetchrow(_ROLE_SQL)
-                    writable = await conn.fetch(_WRITABLE_SQL)
+
+            async def probe(conn: Any) -> tuple[Any, Any, Any]:
+                return (
+                    await conn.fetchval("SHOW server_version"),
+                    await conn.fetchrow(_ROLE_SQL),
+                    await conn.fetch(_WRITABLE_SQL),
+                )
+
+            version, role, writable = await self._read(
+                "connection test", self.config.connect_timeout, probe
+            )
         except (
             AuthenticationError,
             NotFoundError,
@@ -963,18 +1161,21 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
             return cached
         allowed = wanted if wanted is not None else self.config.schemas
         start = time.perf_counter()
-        with self._errors("schema inspection"):
-            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                await self._begin(conn, self.config.statement_timeout, snapshot=True)
-                try:
-                    relations = await conn.fetch(_SCHEMA_RELATIONS_SQL, allowed)
-                    oids = [r["oid"] for r in relations]
-                    columns = await conn.fetch(_SCHEMA_COLUMNS_SQL, oids)
-                    constraints = await conn.fetch(_SCHEMA_CONSTRAINTS_SQL, oids)
-                    indexes = await conn.fetch(_SCHEMA_INDEXES_SQL, oids)
-                    names = await conn.fetch(_SCHEMA_NAMES_SQL, allowed)
-                finally:
-                    await self._end(conn)
+
+        async def inspect(conn: Any) -> tuple[Any, Any, Any, Any, Any]:
+            relations = await conn.fetch(_SCHEMA_RELATIONS_SQL, allowed)
+            oids = [r["oid"] for r in relations]
+            return (
+                relations,
+                await conn.fetch(_SCHEMA_COLUMNS_SQL, oids),
+                await conn.fetch(_SCHEMA_CONSTRAINTS_SQL, oids),
+                await conn.fetch(_SCHEMA_INDEXES_SQL, oids),
+                await conn.fetch(_SCHEMA_NAMES_SQL, allowed),
+            )
+
+        relations, columns, constraints, indexes, names = await self._read(
+            "schema inspection", self.config.statement_timeout, inspect, snapshot=True
+        )
         tables: dict[int, TableInfo] = {}
         for r in relations:
             tables[r["oid"]] = TableInfo(
@@ -1038,29 +1239,31 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         else:
             await self._guard(path_or_sql)
             source_sql = path_or_sql.strip().rstrip(";")
-        with self._errors("profile"):
-            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                await self._begin(conn, self.config.statement_timeout, snapshot=True)
-                try:
-                    if is_table:
-                        fresh = await conn.fetchrow(_FRESH_STATS_SQL, schema, table)
-                        if fresh is None:
-                            raise NotFoundError(
-                                f"{path_or_sql!r} does not exist in source {self.source_id!r}."
-                            )
-                        if fresh["fresh"]:
-                            stats = await conn.fetch(_PG_STATS_SQL, schema, table)
-                            if stats:
-                                return self._from_stats(path_or_sql, fresh, stats)
-                    return await self._from_sample(
-                        conn,
-                        path_or_sql,
-                        source_sql,
-                        sample_rows,
-                        int(fresh["estimated_rows"]) if is_table and fresh else None,
+
+        async def describe(conn: Any) -> TableProfile:
+            fresh = None
+            if is_table:
+                fresh = await conn.fetchrow(_FRESH_STATS_SQL, schema, table)
+                if fresh is None:
+                    raise NotFoundError(
+                        f"{path_or_sql!r} does not exist in source {self.source_id!r}."
                     )
-                finally:
-                    await self._end(conn)
+                if fresh["fresh"]:
+                    stats = await conn.fetch(_PG_STATS_SQL, schema, table)
+                    if stats:
+                        return self._from_stats(path_or_sql, fresh, stats)
+            return await self._from_sample(
+                conn,
+                path_or_sql,
+                source_sql,
+                sample_rows,
+                int(fresh["estimated_rows"]) if fresh is not None else None,
+            )
+
+        profile: TableProfile = await self._read(
+            "profile", self.config.statement_timeout, describe, snapshot=True
+        )
+        return profile
 
     @staticmethod
     def _from_stats(subject: str, fresh: Any, stats: Sequence[Any]) -> TableProfile:
@@ -1158,9 +1361,11 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         query = listing_query(prefix, None, glob)
         if query.empty:
             return
-        with self._errors("listing"):
-            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                records = await conn.fetch(_TABLES_SQL, query.prefix)
+
+        async def tables(conn: Any) -> list[Any]:
+            return list(await conn.fetch(_TABLES_SQL, query.prefix))
+
+        records = await self._read("listing", self.config.statement_timeout, tables)
         for record in records:
             if not self._schema_allowed(record["schema"]):
                 continue
@@ -1198,12 +1403,14 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
     async def _describe_table(self, path: str) -> tuple[DataItem, list[int]]:
         """The table's item and its columns' type modifiers (numeric precision and scale)."""
         schema, table = self._split_table(path)
-        with self._errors("metadata lookup"):
-            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                record = await conn.fetchrow(_TABLE_SQL, schema, table)
-                if record is None:
-                    raise NotFoundError(f"{path!r} does not exist in source {self.source_id!r}.")
-                columns = await conn.fetch(_COLUMNS_SQL, record["oid"])
+
+        async def lookup(conn: Any) -> tuple[Any, Any]:
+            record = await conn.fetchrow(_TABLE_SQL, schema, table)
+            if record is None:
+                raise NotFoundError(f"{path!r} does not exist in source {self.source_id!r}.")
+            return record, await conn.fetch(_COLUMNS_SQL, record["oid"])
+
+        record, columns = await self._read("metadata lookup", self.config.statement_timeout, lookup)
         typmods = [int(c["typmod"]) for c in columns]
         return DataItem(
             path=path,
@@ -1272,26 +1479,18 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
 
             async def produce() -> None:
                 try:
+                    seconds = self.config.statement_timeout
                     with self._errors("export"):
-                        async with self._require_pool().acquire(
-                            timeout=self.config.connect_timeout
+                        async with self._transaction(
+                            seconds, snapshot=True, extra=EXPORT_SETTINGS
                         ) as conn:
-                            await self._begin(
-                                conn,
-                                self.config.statement_timeout,
-                                snapshot=True,
-                                extra=EXPORT_SETTINGS,
-                            )
-                            try:
 
-                                async def put(data: bytes) -> None:
-                                    await queue.put(bytes(data))
+                            async def put(data: bytes) -> None:
+                                await queue.put(bytes(data))
 
-                                await conn.copy_from_query(
-                                    query, output=put, format="csv", header=True
-                                )
-                            finally:
-                                await self._end(conn)
+                            # No client deadline: the consumer may be slow, and the
+                            # server's statement_timeout bounds the COPY itself.
+                            await conn.copy_from_query(query, output=put, format="csv", header=True)
                 except Exception as exc:
                     await queue.put(exc)
                     return
@@ -1373,40 +1572,38 @@ class PostgreSQLConnector(BaseConnector[PostgreSQLConfig]):
         if max_rows is not None and max_rows < 0:
             raise InvalidInputError("max_rows cannot be negative.")
         done = 0
+        seconds = self.config.statement_timeout
         with self._errors("export"):
-            async with self._require_pool().acquire(timeout=self.config.connect_timeout) as conn:
-                await self._begin(
-                    conn, self.config.statement_timeout, snapshot=True, extra=EXPORT_SETTINGS
-                )
-                try:
-                    inner, attributes = await self._one_statement(conn, sql, params)
-                    if decimals:
-                        typmods = _declared_typmods(attributes, decimals)
-                    plans = plan_columns(attributes, typmods)
+            async with (
+                self._transaction(seconds, snapshot=True, extra=EXPORT_SETTINGS) as conn,
+                # A few statements, then a COPY the server stops at statement_timeout, and
+                # the Parquet writer's tail: twice the budget before the client gives up.
+                asyncio.timeout(_deadline(seconds) + seconds),
+            ):
+                inner, attributes = await self._one_statement(conn, sql, params)
+                if decimals:
+                    typmods = _declared_typmods(attributes, decimals)
+                plans = plan_columns(attributes, typmods)
+                if fmt == "csv":
+                    limit = f" LIMIT {int(max_rows)}" if max_rows is not None else ""
+                    query = f"SELECT * FROM (\n{inner}\n) AS q{limit}"
+                else:
+                    query = copy_select(inner, plans, max_rows)
+                async with workspace.writer(
+                    target, max_bytes=self.config.max_download_bytes, provenance=provenance
+                ) as writer:
                     if fmt == "csv":
-                        limit = f" LIMIT {int(max_rows)}" if max_rows is not None else ""
-                        query = f"SELECT * FROM (\n{inner}\n) AS q{limit}"
+
+                        async def sink(chunk: bytes) -> None:
+                            nonlocal done
+                            await writer.write(chunk)
+                            done += len(chunk)
+                            if progress is not None:
+                                progress(done, None)
+
+                        await conn.copy_from_query(query, output=sink, format="csv", header=True)
                     else:
-                        query = copy_select(inner, plans, max_rows)
-                    async with workspace.writer(
-                        target, max_bytes=self.config.max_download_bytes, provenance=provenance
-                    ) as writer:
-                        if fmt == "csv":
-
-                            async def sink(chunk: bytes) -> None:
-                                nonlocal done
-                                await writer.write(chunk)
-                                done += len(chunk)
-                                if progress is not None:
-                                    progress(done, None)
-
-                            await conn.copy_from_query(
-                                query, output=sink, format="csv", header=True
-                            )
-                        else:
-                            await self._copy_parquet(conn, query, plans, writer, progress)
-                finally:
-                    await self._end(conn)
+                        await self._copy_parquet(conn, query, plans, writer, progress)
         return writer.path
 
     async def _one_statement(
