@@ -52,7 +52,7 @@ class Mutant:
 
 
 WS = "src/datasources/workspace.py"
-PG = "src/datasources/connectors/postgresql.py"
+PG = "src/datasources/connectors/postgresql/session.py"
 UNIT_PATHS = ("tests/unit/test_workspace.py", "tests/unit/test_local_folder.py")
 
 MUTANTS = [
@@ -171,7 +171,7 @@ def check_read_only(sql: str) -> str:  # MUTANT
         (
             Edit(
                 PG,
-                old="        reasons = _privileges(role)\n",
+                old="        reasons = privileges(role)\n",
                 new="        reasons: list[str] = []  # MUTANT\n",
             ),
         ),
