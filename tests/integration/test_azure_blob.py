@@ -520,7 +520,7 @@ class PrivateAzurite:
             self.port = probe.getsockname()[1]
         self.location = location
         self.url = f"http://127.0.0.1:{self.port}/{ACCOUNT}"
-        from datasources.connectors.azure_blob import _DEV_KEY
+        from datasources.connectors.azure_blob.config import _DEV_KEY
 
         self.connection_string = (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};"

@@ -226,7 +226,7 @@ def check_read_only(sql: str) -> str:  # MUTANT
         "Azure range requests no longer ask for the version that was described (If-Match)",
         (
             Edit(
-                "src/datasources/connectors/azure_blob.py",
+                "src/datasources/connectors/azure_blob/transfer.py",
                 old="""headers["If-Match"] = f'"{item.etag}"'""",
                 new="pass",
                 count=2,
