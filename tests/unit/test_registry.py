@@ -273,7 +273,7 @@ async def test_entry_point_plugins_and_missing_dependencies(
         EntryPoint(name="needs_sdk", value="tests.plugin_missing_dep:Connector", group=group),
         EntryPoint(name="not_a_connector", value="tests.plugins:TokenFolderConfig", group=group),
     ]
-    monkeypatch.setattr("datasources.registry.entry_points", lambda group: eps)
+    monkeypatch.setattr("datasources.sources.core.entry_points", lambda group: eps)
     async with DataSourceRegistry() as registry:
         assert {"token_folder", "needs_sdk", "local_folder"} <= set(registry.available_types())
         assert registry.connector_class("token_folder") is TokenFolderConnector

@@ -15,17 +15,17 @@ A connector the registry hands out is *shared*: its users' ``disconnect()`` (or 
 closes it with :meth:`BaseConnector.close_shared` when the source changes, is removed or
 the registry closes. A connector built by hand is the caller's, and ``disconnect()``
 closes it.
+
+(Over 500 lines on purpose: the contract and the one fetch pipeline every connector
+shares read best side by side; the listing helpers live in :mod:`.listing`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import builtins
 import contextlib
 import functools
-import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,15 +35,22 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from datasources.connectors.limits import DriverLimits, DriverStats
+from datasources.connectors.listing import (
+    MAX_PAGE_SIZE,
+    ListingQuery,
+    check_page_limit,
+    decode_cursor,
+    encode_cursor,
+    listing_query,
+)
 from datasources.errors import (
     ConfigurationError,
     DataSourceError,
     InvalidInputError,
     LimitExceededError,
     ReadOnlyError,
-    UnsafePathError,
 )
-from datasources.globs import GlobMatcher, compile_glob, glob_prefix
+from datasources.globs import compile_glob, glob_prefix
 from datasources.models import (
     ConnectionStatus,
     DataItem,
@@ -57,19 +64,24 @@ from datasources.workspace import Workspace
 
 __all__ = [
     "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "MAX_PAGE_SIZE",
     "BaseConnector",
     "ConnectorConfig",
     "DriverLimits",
     "DriverStats",
+    "ListingQuery",
     "ProgressCallback",
+    "check_page_limit",
     "compile_glob",
+    "decode_cursor",
+    "encode_cursor",
     "glob_prefix",
+    "listing_query",
 ]
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
 """The seed's Requirement 10: 100 MiB per fetched file unless a source raises it."""
 
-MAX_PAGE_SIZE = 5000
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes done, total bytes or None) while a transfer runs."""
@@ -105,63 +117,6 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
         (_format_loc(e["loc"]), e["msg"])
         for e in error.errors(include_url=False, include_input=False, include_context=False)
     ]
-
-
-@dataclass(frozen=True)
-class ListingQuery:
-    """A checked listing request: the prefix to ask the source for, and what to keep."""
-
-    prefix: str
-    delimiter: str | None
-    matcher: GlobMatcher | None
-    empty: bool
-    """The glob and the prefix can never both match: list nothing."""
-
-    def accepts(self, item: DataItem) -> bool:
-        """With a glob, only files whose whole path matches it."""
-        if self.matcher is None:
-            return True
-        return item.kind == ItemKind.FILE and self.matcher.match(item.path)
-
-
-def listing_query(prefix: str | None, delimiter: str | None, glob: str | None) -> ListingQuery:
-    """Validate listing arguments and narrow the prefix to the glob's literal start."""
-    if delimiter not in (None, "/"):
-        raise InvalidInputError("Only '/' is supported as a delimiter.")
-    prefix = prefix or ""
-    for value in (prefix, glob or ""):
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise UnsafePathError("The prefix or glob contains a control character.")
-    if not glob:
-        return ListingQuery(prefix, delimiter, None, empty=False)
-    literal = glob_prefix(glob)
-    if not (literal.startswith(prefix) or prefix.startswith(literal)):
-        return ListingQuery(prefix, delimiter, None, empty=True)
-    return ListingQuery(max(prefix, literal, key=len), delimiter, compile_glob(glob), empty=False)
-
-
-def check_page_limit(limit: int) -> None:
-    """Page sizes are bounded so one page never holds a listing whole."""
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
-
-
-def encode_cursor(last: str) -> str:
-    """An opaque cursor that resumes a listing after ``last``."""
-    return base64.urlsafe_b64encode(json.dumps({"after": last}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The inverse of :func:`encode_cursor`; :class:`InvalidInputError` when malformed."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        after = data["after"]
-        if not isinstance(after, str):
-            raise TypeError
-        return after
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
-        raise InvalidInputError("The cursor is malformed; start the listing again.") from None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from datasources.connectors.azure_blob.http import (
     with_retries,
 )
 from datasources.connectors.azure_blob.session import AzureSession
-from datasources.connectors.base import (
+from datasources.connectors.listing import (
     ListingQuery,
     check_page_limit,
     decode_cursor,

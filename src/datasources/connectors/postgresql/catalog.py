@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
-from datasources.connectors.base import listing_query
+from datasources.connectors.listing import listing_query
 from datasources.connectors.postgresql.query import PgQueries
 from datasources.errors import InvalidInputError, NotFoundError
 from datasources.models import DataItem, ItemKind
