@@ -8,6 +8,9 @@ then, while a query, an export or a download is running, ask it to
 - ``stall()`` traffic (bytes stop flowing both ways; the sockets stay open),
 - ``throttle(bytes_per_second)`` it, or
 - ``refuse()`` new connections (nothing listens, as while a server restarts),
+- ``lose_state()`` of every open connection (as a NAT, a load balancer or a failover
+  does: the server's side is closed, the client hears nothing until it sends, and is then
+  answered with a reset — the dead connections a pool only finds out about by using them),
 
 and ``heal()`` to go back to passing everything through. Counters say how much went
 each way so that a test can wait until a transfer is under way instead of sleeping.
@@ -41,6 +44,8 @@ class FaultProxy:
         self.accepted = 0
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._lost: set[asyncio.StreamWriter] = set()
+        """Client ends whose server end is gone without the client being told."""
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._refusing = False
@@ -67,17 +72,19 @@ class FaultProxy:
 
     def reset(self) -> None:
         """Abort every open connection with an RST to both sides."""
-        for client, server in list(self._pairs):
-            for writer in (client, server):
-                _abort(writer, rst=True)
-        self._pairs.clear()
+        self._break(rst=True)
 
     def cut(self) -> None:
         """Close every open connection cleanly (FIN to both sides)."""
+        self._break(rst=False)
+
+    def _break(self, *, rst: bool) -> None:
         for client, server in list(self._pairs):
             for writer in (client, server):
-                _abort(writer, rst=False)
+                _abort(writer, rst=rst)
         self._pairs.clear()
+        for client in list(self._lost):
+            _abort(client, rst=rst)
 
     def stall(self) -> None:
         """Stop moving bytes in both directions; connections stay open."""
@@ -86,6 +93,13 @@ class FaultProxy:
     def throttle(self, bytes_per_second: float) -> None:
         """Move at most about ``bytes_per_second`` per direction and connection."""
         self._rate = bytes_per_second
+
+    def lose_state(self) -> None:
+        """Drop every open connection's server side silently (see the module docstring)."""
+        for client, server in list(self._pairs):
+            self._lost.add(client)
+            _abort(server, rst=False)
+        self._pairs.clear()
 
     def refuse(self) -> None:
         """Close new connections at once, as if nothing listened."""
@@ -118,20 +132,36 @@ class FaultProxy:
         self._pairs.add(pair)
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, upstream=True),
-                self._pipe(up_reader, writer, upstream=False),
+                self._pipe(reader, up_writer, upstream=True, client=writer),
+                self._pipe(up_reader, writer, upstream=False, client=writer),
             )
         finally:
             self._pairs.discard(pair)
+            self._lost.discard(writer)
             for end in pair:
                 _abort(end, rst=False)
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        upstream: bool,
+        client: asyncio.StreamWriter,
     ) -> None:
         try:
             while True:
                 data = await reader.read(_CHUNK)
+                if client in self._lost:
+                    if upstream:
+                        # The client spoke on (or closed) a forgotten connection.
+                        _abort(client, rst=bool(data))
+                    else:
+                        # The server's side was dropped: tell the client nothing, and wait
+                        # for it to speak (the other pipe answers with a reset then).
+                        with contextlib.suppress(Exception):
+                            await client.wait_closed()
+                    return
                 if not data:
                     break
                 await self._flowing.wait()
@@ -148,9 +178,10 @@ class FaultProxy:
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            with contextlib.suppress(Exception):
-                if writer.can_write_eof():
-                    writer.write_eof()
+            if client not in self._lost:
+                with contextlib.suppress(Exception):
+                    if writer.can_write_eof():
+                        writer.write_eof()
 
 
 def _abort(writer: asyncio.StreamWriter, *, rst: bool) -> None:

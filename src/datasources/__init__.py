@@ -40,6 +40,7 @@ from datasources.errors import (
     UnknownDataSourceTypeError,
     UnsafePathError,
 )
+from datasources.lifecycle import PoolStats
 from datasources.models import (
     ConnectionStatus,
     DataItem,
@@ -48,7 +49,6 @@ from datasources.models import (
     ItemKind,
     Page,
 )
-from datasources.pool import ConnectionPool, PoolStats
 from datasources.registry import DataSourceRegistry
 from datasources.workspace import ManifestEntry, Workspace
 
@@ -94,7 +94,6 @@ __all__ = [
     "AzureBlobConnector",
     "BaseConnector",
     "ConfigurationError",
-    "ConnectionPool",
     "ConnectionStatus",
     "ConnectorConfig",
     "CredentialManager",

@@ -2,7 +2,7 @@
 
 Build one with ``Settings()`` (environment) or ``Settings(home=...)`` (explicit), and pass
 it to :meth:`DataSourceRegistry.from_settings`, the CLI or ``create_app``. Nested models
-read from ``DATASOURCES_POOL__MAX_SIZE`` and the like.
+read from ``DATASOURCES_POOL__MAX_CONNECTIONS`` and the like.
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import platformdirs
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from datasources.credentials import register_secret
@@ -23,20 +31,49 @@ __all__ = ["ApiSettings", "GatewaySettings", "PoolSettings", "SandboxLimits", "S
 
 
 class PoolSettings(BaseModel):
-    """Limits of each data source's connector pool (the seed's defaults)."""
+    """Each source's driver pool, per process: one long-lived connector per source owns it.
 
-    min_size: int = Field(default=2, ge=0, le=1000)
-    max_size: int = Field(default=10, ge=1, le=1000)
-    acquire_timeout: float = Field(default=30.0, gt=0)
-    idle_timeout: float = Field(default=300.0, gt=0)
-    max_lifetime: float = Field(default=3600.0, gt=0)
+    ``max_connections`` is what an operator adds up: every worker process holds at most
+    that many server connections per database source it has used (workers x sources x
+    ``max_connections`` must stay under the server's own ``max_connections``).
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    min_size: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Connections each source keeps open while idle (the driver pool's floor).",
+    )
+    max_connections: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        validation_alias=AliasChoices("max_connections", "max_size"),
+        description="Server connections each source may hold per process (the driver "
+        "pool's ceiling; DATASOURCES_POOL__MAX_SIZE is the same setting under the seed's "
+        "name). A source's own pool_max_size can only lower it.",
+    )
+    acquire_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for a free connection when all are busy."
+    )
+    idle_timeout: float = Field(
+        default=300.0, gt=0, description="Idle connections above min_size close after this."
+    )
+    max_lifetime: float = Field(
+        default=3600.0, gt=0, description="Connections are replaced after this many seconds."
+    )
     revalidate_after: float = Field(
         default=5.0,
         ge=0,
         description="Re-read a source from the store at most this often when borrowing.",
     )
     check_after: float = Field(
-        default=5.0, ge=0, description="Health-check a connector idle at least this long."
+        default=5.0,
+        ge=0,
+        description="Kept for old configurations; unused: every borrow's first round trip "
+        "is the health check, and a connection that fails it is replaced at once.",
     )
     listing_cache_seconds: float = Field(
         default=1.0,

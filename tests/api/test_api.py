@@ -291,19 +291,20 @@ async def test_request_ids_are_returned_and_logged(
     assert entry["status"] == 200 and entry["path"] == SOURCES and entry["key_id"] == api.alice.id
 
 
-async def test_concurrent_requests_share_pools(api: Api) -> None:
+async def test_concurrent_requests_share_one_connector(api: Api) -> None:
     source = await api.add_folder_source()
     responses = await asyncio.gather(
         *(api.request("GET", f"{SOURCES}/{source}/items") for _ in range(20))
     )
     assert {r.status_code for r in responses} == {200}
-    # One pool served all 20, lending its connectors again rather than one per request.
+    # One live connector served all 20, rather than one per request.
     stats = [
         s for name, s in api.app.state.registry.pool_stats().items() if name.endswith("/" + source)
     ]
     assert len(stats) == 1, stats
-    pool = stats[0]
-    assert pool.acquisitions >= 20 and pool.connections_created <= pool.max_size < 20, pool
+    assert stats[0].acquisitions >= 20 and stats[0].in_use == 0, stats[0]
+    ready = (await api.client.get("/readyz")).json()["pools"]
+    assert ready["connectors"] >= 1 and ready["in_use"] == 0, ready
 
 
 async def test_database_routes_on_a_folder_say_it_is_not_a_database(api: Api) -> None:

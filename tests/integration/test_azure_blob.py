@@ -13,7 +13,6 @@ import pytest
 from datasources.connectors.azure_blob import AzureBlobConnector
 from datasources.testing.contract import ConnectorContract
 from datasources.workspace import Workspace
-from tests.conftest import require_service
 
 pytestmark = pytest.mark.integration
 
@@ -503,63 +502,7 @@ async def test_round_trip_large_binary_with_raised_limit(
     assert entry is not None and entry.sha256 == digest
 
 
-# -- fault injection: a private emulator this test may stop --------------------------------
-
-
-class PrivateAzurite:
-    """An Azurite of this test's own, on a free port, so stopping it disturbs nobody."""
-
-    def __init__(self, location: Path) -> None:
-        import socket
-
-        root = Path(__file__).resolve().parents[2]
-        self.binary = root / "node_modules" / ".bin" / "azurite-blob"
-        if not self.binary.exists():
-            require_service("DATASOURCES_TEST_PRIVATE_AZURITE")  # fails in CI, skips elsewhere
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.location = location
-        self.url = f"http://127.0.0.1:{self.port}/{ACCOUNT}"
-        from datasources.connectors.azure_blob import _DEV_KEY
-
-        self.connection_string = (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};"
-            f"AccountKey={_DEV_KEY};BlobEndpoint={self.url};"
-        )
-        self.process: Any = None
-
-    async def start(self) -> None:
-        import asyncio
-        import urllib.error
-        import urllib.request
-
-        self.process = await asyncio.create_subprocess_exec(
-            str(self.binary),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(self.port),
-            "--location",
-            str(self.location),
-            "--disableTelemetry",
-            "--skipApiVersionCheck",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                await asyncio.to_thread(urllib.request.urlopen, f"{self.url}?comp=list", None, 1)
-            except urllib.error.HTTPError:
-                return  # 403: it answers
-            except OSError:
-                await asyncio.sleep(0.1)
-        raise RuntimeError("the private Azurite did not start")
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+# -- fault injection: a private emulator this test may stop (tests/servers.py) ----------------
 
 
 async def test_emulator_stopped_mid_download_then_started_again(tmp_path: Path) -> None:
@@ -568,19 +511,19 @@ async def test_emulator_stopped_mid_download_then_started_again(tmp_path: Path) 
     from azure.storage.blob.aio import BlobServiceClient
 
     from datasources.errors import UnavailableError
+    from tests.servers import private_azurite
 
-    emulator = PrivateAzurite(tmp_path / "azurite")
-    await emulator.start()
     payload = os.urandom(48 * 1024 * 1024)
+    async with private_azurite() as emulator:
 
-    async def seed() -> None:
-        async with BlobServiceClient.from_connection_string(emulator.connection_string) as service:
-            container = service.get_container_client("faults")
-            if not await container.exists():
-                await container.create_container()
-            await container.upload_blob("big.bin", payload, overwrite=True, max_concurrency=4)
+        async def seed() -> None:
+            service = BlobServiceClient.from_connection_string(emulator.connection_string)
+            async with service:
+                container = service.get_container_client("faults")
+                if not await container.exists():
+                    await container.create_container()
+                await container.upload_blob("big.bin", payload, overwrite=True, max_concurrency=4)
 
-    try:
         await seed()
         config = {
             "connection_string": emulator.connection_string,
@@ -605,6 +548,7 @@ async def test_emulator_stopped_mid_download_then_started_again(tmp_path: Path) 
                 or "cannot be reached" in info.value.message
             )
             assert stopping, "the emulator was never stopped"
+            await stopping[0]
             assert not (workspace / "big.bin").exists()
             assert list((workspace / ".datasources" / "tmp").iterdir()) == []
 
@@ -612,8 +556,6 @@ async def test_emulator_stopped_mid_download_then_started_again(tmp_path: Path) 
             await seed()  # the emulator may not have kept what it had in memory
             local = await connector.fetch_data("big.bin", workspace)
             assert local.read_bytes() == payload
-    finally:
-        await emulator.stop()
 
 
 async def test_iteration_holds_one_page_at_a_time(

@@ -100,3 +100,59 @@ async def test_azure_stalled_mid_download_times_out(
         proxy.heal()
         local = await conn.fetch_data("big.bin", workspace)
         assert local.read_bytes() == big_blob
+
+
+async def test_azurite_restarted_under_an_open_source(tmp_path: Path) -> None:
+    """The emulator stops and starts again while a source's connector (and its HTTP
+    session's kept-alive connections) stays open: the next listing and fetch just work."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    from datasources import DataSourceRegistry
+    from tests.servers import private_azurite
+
+    payload = os.urandom(3 * 1024 * 1024)
+    async with private_azurite() as server:
+
+        async def seed() -> None:
+            service = BlobServiceClient.from_connection_string(server.connection_string)
+            async with service:
+                container = service.get_container_client("lake")
+                if not await container.exists():
+                    await container.create_container()
+                for name in ("a.csv", "big.bin"):
+                    blob = container.get_blob_client(name)
+                    if not await blob.exists():
+                        data = b"x,y\n1,2\n" if name == "a.csv" else payload
+                        await blob.upload_blob(data)
+
+        await seed()
+        registry = DataSourceRegistry()
+        await registry.register_data_source(
+            {
+                "id": "lake",
+                "name": "lake",
+                "type": "azure_blob",
+                "config": {
+                    "connection_string": server.connection_string,
+                    "container_name": "lake",
+                    "chunk_size": 1024 * 1024,
+                    "timeout": 5,
+                },
+            }
+        )
+        try:
+            connector = await registry.get_connector("lake")  # the seed's way
+            assert [i.path for i in await connector.list_items()] == ["a.csv", "big.bin"]
+            await connector.fetch_data("big.bin", tmp_path / "before")
+
+            await server.restart()
+            await seed()  # whatever the emulator did not keep on disk
+
+            assert [i.path for i in await connector.list_items()] == ["a.csv", "big.bin"]
+            local = await connector.fetch_data("big.bin", tmp_path / "after")
+            assert local.read_bytes() == payload
+            async with registry.get_connector("lake") as borrowed:
+                assert borrowed is connector
+                assert (await borrowed.get_metadata("a.csv")).size == 8
+        finally:
+            await registry.close()

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datasources.connectors.pg_arrow import numeric_result_type
 from datasources.connectors.postgresql import PostgreSQLConnector
+from datasources.connectors.postgresql.arrow import numeric_result_type
 from datasources.workspace import Workspace
 
 pytestmark = pytest.mark.integration

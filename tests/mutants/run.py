@@ -52,7 +52,7 @@ class Mutant:
 
 
 WS = "src/datasources/workspace.py"
-PG = "src/datasources/connectors/postgresql.py"
+PG = "src/datasources/connectors/postgresql/session.py"
 UNIT_PATHS = ("tests/unit/test_workspace.py", "tests/unit/test_local_folder.py")
 
 MUTANTS = [
@@ -171,7 +171,7 @@ def check_read_only(sql: str) -> str:  # MUTANT
         (
             Edit(
                 PG,
-                old="        reasons = _privileges(role)\n",
+                old="        reasons = privileges(role)\n",
                 new="        reasons: list[str] = []  # MUTANT\n",
             ),
         ),
@@ -226,7 +226,7 @@ def check_read_only(sql: str) -> str:  # MUTANT
         "Azure range requests no longer ask for the version that was described (If-Match)",
         (
             Edit(
-                "src/datasources/connectors/azure_blob.py",
+                "src/datasources/connectors/azure_blob/transfer.py",
                 old="""headers["If-Match"] = f'"{item.etag}"'""",
                 new="pass",
                 count=2,

@@ -7,13 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from datasources.connectors.azure_blob import (
-    SasInfo,
-    _error_code,
-    _http_date,
-    _parse_listing,
-    parse_connection_string,
-)
+from datasources.connectors.azure_blob import SasInfo, parse_connection_string
+from datasources.connectors.azure_blob.http import error_code as _error_code
+from datasources.connectors.azure_blob.listing import _http_date, _parse_listing
 from datasources.errors import ConfigurationError, UnavailableError
 
 LISTING = b"""<?xml version="1.0" encoding="utf-8"?>

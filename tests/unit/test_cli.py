@@ -130,7 +130,7 @@ def test_secrets_from_env_and_prompt_never_printed(
     home: Path, folder: Path, canary: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        "datasources.registry._BUILTINS",
+        "datasources.sources.connector_types.BUILTINS",
         {
             "local_folder": "datasources.connectors.local_folder:LocalFolderConnector",
             "token_folder": "tests.plugins:TokenFolderConnector",
@@ -235,7 +235,7 @@ def test_generate_key_and_rotate_key_file(
     home: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        "datasources.registry._BUILTINS",
+        "datasources.sources.connector_types.BUILTINS",
         {"token_folder": "tests.plugins:TokenFolderConnector"},
     )
     key = json.loads(ok(home, "--json", "secrets", "generate-key"))["key"]

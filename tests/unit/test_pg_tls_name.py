@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from datasources.connectors.postgresql import PostgreSQLConnector, _ca_context
+from datasources.connectors.postgresql import PostgreSQLConnector
+from datasources.connectors.postgresql.config import ca_context
 from datasources.errors import ConfigurationError
 
 
@@ -81,10 +82,10 @@ async def test_the_certificate_is_checked_against_the_name_not_the_address(
 
 
 def test_the_ca_is_pem_text_or_system_never_a_path() -> None:
-    assert _ca_context(None).verify_mode == ssl.CERT_REQUIRED
-    assert _ca_context("system").check_hostname
+    assert ca_context(None).verify_mode == ssl.CERT_REQUIRED
+    assert ca_context("system").check_hostname
     with pytest.raises(ConfigurationError):
-        _ca_context("/etc/ssl/certs/ca-certificates.crt")
+        ca_context("/etc/ssl/certs/ca-certificates.crt")
 
 
 async def test_connect_opens_the_checked_address_and_pins_the_name(

@@ -1,4 +1,4 @@
-"""The registry on its in-memory store: registration, secrets, updates, pools, plugins."""
+"""The registry on its in-memory store: registration, secrets, updates, connectors, plugins."""
 
 from __future__ import annotations
 
@@ -177,7 +177,9 @@ async def test_update_rules(registry: DataSourceRegistry, folder: Path) -> None:
     assert (updated.name, updated.tags, updated.read_only) == ("a2", ["x"], True)
 
 
-async def test_pooled_and_owned_connectors(registry: DataSourceRegistry, folder: Path) -> None:
+async def test_borrowed_and_awaited_connectors_are_the_one_live_connector(
+    registry: DataSourceRegistry, folder: Path
+) -> None:
     await registry.register_data_source(
         {"name": "f", "type": "local_folder", "config": {"root": str(folder)}}
     )
@@ -187,20 +189,20 @@ async def test_pooled_and_owned_connectors(registry: DataSourceRegistry, folder:
     stats = registry.pool_stats()["local/f"]
     assert stats.in_use == 0 and stats.acquisitions == 1
     owned = await registry.get_connector("f")
-    try:
-        assert owned.connected
-    finally:
-        await owned.disconnect()
+    assert owned is connector and owned.shared
+    await owned.disconnect()  # the seed's habit: harmless, the registry owns it
+    assert owned.connected
+    async with registry.get_connector("f") as again:
+        assert again is connector
     await registry.remove_data_source("f")
-    assert "local/f" not in registry.pool_stats()
+    assert "local/f" not in registry.pool_stats() and not connector.connected
     await registry.register_data_source(
         {"name": "g", "type": "local_folder", "config": {"root": str(folder)}}
     )
-    async with registry.get_connector("g"):
+    async with registry.get_connector("g") as g:
         pass
-    pool = registry._shared.pools[("local", "g")].pool
     await registry.close()
-    assert pool.closed and registry.pool_stats() == {}
+    assert not g.connected and registry.pool_stats() == {}
     await registry.open()
     with pytest.raises(NotFoundError):
         async with registry.get_connector("f"):
@@ -271,7 +273,7 @@ async def test_entry_point_plugins_and_missing_dependencies(
         EntryPoint(name="needs_sdk", value="tests.plugin_missing_dep:Connector", group=group),
         EntryPoint(name="not_a_connector", value="tests.plugins:TokenFolderConfig", group=group),
     ]
-    monkeypatch.setattr("datasources.registry.entry_points", lambda group: eps)
+    monkeypatch.setattr("datasources.sources.core.entry_points", lambda group: eps)
     async with DataSourceRegistry() as registry:
         assert {"token_folder", "needs_sdk", "local_folder"} <= set(registry.available_types())
         assert registry.connector_class("token_folder") is TokenFolderConnector

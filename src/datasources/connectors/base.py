@@ -7,33 +7,50 @@ bad field named) and which config fields are ``secret_fields``. Listing helpers
 (``list_items``, ``list_page`` with opaque cursors, glob matching) and the streamed,
 verified, provenance-recording fetch into a :class:`~datasources.workspace.Workspace`
 live here once, for every connector.
+
+A connector is long-lived: the registry keeps one per source per process, and that one
+object owns the driver's connections (a pool, an HTTP session) and the source's caches.
+A connector the registry hands out is *shared*: its users' ``disconnect()`` (or leaving
+``async with connector``) does nothing, since other tasks are using it; the registry
+closes it with :meth:`BaseConnector.close_shared` when the source changes, is removed or
+the registry closes. A connector built by hand is the caller's, and ``disconnect()``
+closes it.
+
+(Over 500 lines on purpose: the contract and the one fetch pipeline every connector
+shares read best side by side; the listing helpers live in :mod:`.listing`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import builtins
 import contextlib
-import json
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from datasources.connectors.limits import DriverLimits, DriverStats
+from datasources.connectors.listing import (
+    MAX_PAGE_SIZE,
+    ListingQuery,
+    check_page_limit,
+    decode_cursor,
+    encode_cursor,
+    listing_query,
+)
 from datasources.errors import (
     ConfigurationError,
     DataSourceError,
     InvalidInputError,
     LimitExceededError,
     ReadOnlyError,
-    UnsafePathError,
 )
-from datasources.globs import GlobMatcher, compile_glob, glob_prefix
+from datasources.globs import compile_glob, glob_prefix
 from datasources.models import (
     ConnectionStatus,
     DataItem,
@@ -47,17 +64,24 @@ from datasources.workspace import Workspace
 
 __all__ = [
     "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "MAX_PAGE_SIZE",
     "BaseConnector",
     "ConnectorConfig",
+    "DriverLimits",
+    "DriverStats",
+    "ListingQuery",
     "ProgressCallback",
+    "check_page_limit",
     "compile_glob",
+    "decode_cursor",
+    "encode_cursor",
     "glob_prefix",
+    "listing_query",
 ]
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
 """The seed's Requirement 10: 100 MiB per fetched file unless a source raises it."""
 
-MAX_PAGE_SIZE = 5000
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes done, total bytes or None) while a transfer runs."""
@@ -96,63 +120,6 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class ListingQuery:
-    """A checked listing request: the prefix to ask the source for, and what to keep."""
-
-    prefix: str
-    delimiter: str | None
-    matcher: GlobMatcher | None
-    empty: bool
-    """The glob and the prefix can never both match: list nothing."""
-
-    def accepts(self, item: DataItem) -> bool:
-        """With a glob, only files whose whole path matches it."""
-        if self.matcher is None:
-            return True
-        return item.kind == ItemKind.FILE and self.matcher.match(item.path)
-
-
-def listing_query(prefix: str | None, delimiter: str | None, glob: str | None) -> ListingQuery:
-    """Validate listing arguments and narrow the prefix to the glob's literal start."""
-    if delimiter not in (None, "/"):
-        raise InvalidInputError("Only '/' is supported as a delimiter.")
-    prefix = prefix or ""
-    for value in (prefix, glob or ""):
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise UnsafePathError("The prefix or glob contains a control character.")
-    if not glob:
-        return ListingQuery(prefix, delimiter, None, empty=False)
-    literal = glob_prefix(glob)
-    if not (literal.startswith(prefix) or prefix.startswith(literal)):
-        return ListingQuery(prefix, delimiter, None, empty=True)
-    return ListingQuery(max(prefix, literal, key=len), delimiter, compile_glob(glob), empty=False)
-
-
-def check_page_limit(limit: int) -> None:
-    """Page sizes are bounded so one page never holds a listing whole."""
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
-
-
-def encode_cursor(last: str) -> str:
-    """An opaque cursor that resumes a listing after ``last``."""
-    return base64.urlsafe_b64encode(json.dumps({"after": last}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The inverse of :func:`encode_cursor`; :class:`InvalidInputError` when malformed."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        after = data["after"]
-        if not isinstance(after, str):
-            raise TypeError
-        return after
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
-        raise InvalidInputError("The cursor is malformed; start the listing again.") from None
-
-
-@dataclass(frozen=True)
 class ItemStream:
     """What :meth:`BaseConnector.open_stream` returns."""
 
@@ -166,6 +133,19 @@ class ItemStream:
     def of_file(cls, item: DataItem, chunks: Callable[[], AsyncIterator[bytes]]) -> ItemStream:
         """A stream of a stored file's own bytes: its content type and size."""
         return cls(item, chunks, item.content_type or "application/octet-stream", item.size)
+
+
+def _shared_aware(disconnect: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a connector's ``disconnect`` so that its users cannot close a shared connector."""
+
+    @functools.wraps(disconnect)
+    async def guarded(self: BaseConnector[Any]) -> None:
+        if self._shared and not self._closing_shared:
+            return  # the registry's: it closes it when the source changes or goes
+        await disconnect(self)
+
+    guarded.__shared_aware__ = True  # type: ignore[attr-defined]
+    return guarded
 
 
 class BaseConnector(ABC, Generic[ConfigT]):
@@ -185,6 +165,16 @@ class BaseConnector(ABC, Generic[ConfigT]):
     allow_privileged_role: bool = False
     """Operator opt-in (never from a source's config): credentials with more than read
     rights may be used. Connectors that can tell (PostgreSQL) refuse them otherwise."""
+    limits: DriverLimits = DriverLimits()
+    """The operator's limits for this source's driver pool (set by the registry)."""
+    _shared: bool = False
+    _closing_shared: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("disconnect")
+        if own is not None and not getattr(own, "__shared_aware__", False):
+            setattr(cls, "disconnect", _shared_aware(own))  # noqa: B010 - a method, wrapped
 
     def __init__(
         self,
@@ -273,7 +263,29 @@ class BaseConnector(ABC, Generic[ConfigT]):
 
     @abstractmethod
     async def disconnect(self) -> None:
-        """Release every resource. Safe to call twice."""
+        """Release every resource. Safe to call twice.
+
+        On a shared connector (one the registry handed out) this does nothing: the
+        registry closes it with :meth:`close_shared`.
+        """
+
+    @property
+    def shared(self) -> bool:
+        """Whether a registry owns this connector (its users' ``disconnect()`` is a no-op)."""
+        return self._shared
+
+    def share(self) -> None:
+        """Mark this connector as the registry's (called once, before it is handed out)."""
+        self._shared = True
+
+    async def close_shared(self) -> None:
+        """Close a shared connector for good: the registry's call, never its users'."""
+        self._closing_shared = True
+        await self.disconnect()
+
+    def driver_stats(self) -> DriverStats | None:
+        """The driver pool's connections now; None for a connector without one."""
+        return None
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -100,18 +100,11 @@ class CacheInvalidation:
 
     async def _forget_source(self, owner: str, source_id: str) -> None:
         # The same steps the registry takes after a write of its own: the owner's listing
-        # goes, and the source's pool closes, so the next use reads the store again.
-        view = self._registry.scoped(owner)
-        view._forget_listing()
-        await view._drop_pool(source_id)
+        # goes, and the source's connector closes, so the next use reads the store again.
+        await self._registry.scoped(owner).forget_source(source_id)
 
     async def _forget_all_sources(self) -> None:
-        shared = self._registry._shared
-        owners = set(shared.listings) | set(shared.refreshing) | {o for o, _ in shared.pools}
-        for owner in owners:
-            self._registry.scoped(owner)._forget_listing()
-        for owner, ref in list(shared.pools):
-            await self._registry.scoped(owner)._drop_pool(ref)
+        await self._registry.forget_all_sources()
 
 
 class SharedState:

@@ -33,17 +33,18 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: the store answers; pool totals",
+    summary="Readiness: the store answers; connection totals",
     responses={503: {"model": Readiness, "description": "The store cannot be reached."}},
 )
 async def readyz(request: Request) -> Any:
     registry: DataSourceRegistry = request.app.state.registry
     ok = await registry.store.ping()
     stats = registry.pool_stats().values()
-    # Totals only: per-source stats would name other owners' sources.
+    # Totals only: per-source stats would name other owners' sources. One live connector
+    # per source; "connections" are the server connections their driver pools hold.
     pools = {
-        "pools": len(stats),
-        "connectors": sum(s.size for s in stats),
+        "connectors": len(stats),
+        "connections": sum(s.connections for s in stats),
         "in_use": sum(s.in_use for s in stats),
     }
     body = {
