@@ -216,8 +216,11 @@ class GatewaySession:
                         f"The kernel did not answer within {timeout:g} s of starting."
                     )
                 try:
-                    msg = await asyncio.wait_for(self._inbox.get(), timeout=left)
+                    msg = await asyncio.wait_for(self._inbox.get(), timeout=min(left, 1.0))
                 except TimeoutError:
+                    # A request sent while the kernel was still coming up can be lost (its
+                    # channels were not connected yet): ask again, as jupyter_client does.
+                    await self._send("kernel_info_request", {})
                     continue
                 if msg is _CLOSED or _lifecycle(msg) == "dead":
                     raise SandboxUnavailableError(
@@ -376,6 +379,9 @@ class GatewaySession:
             return
         try:
             if await self.client.restart(self.kernel_id):
+                # The next turn's request must find the new kernel listening, not be lost
+                # while it starts (a loaded machine takes seconds to import the stack).
+                await self._settle()
                 return
         except SandboxUnavailableError as exc:
             logger.warning("Kernel %s could not be restarted: %s", self.kernel_id, exc.message)
