@@ -33,6 +33,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from datasources.cli_users import users_app
 from datasources.config import Settings
 from datasources.connectors.base import BaseConnector
 from datasources.connectors.sql import as_sql
@@ -152,6 +153,7 @@ keys_app = typer.Typer(
 app.add_typer(sources_app, name="sources")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

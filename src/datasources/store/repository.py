@@ -25,7 +25,15 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
-from datasources.store.models import ApiKeyRow, Base, ChatRow, DataSourceRow, MessageRow
+from datasources.store.accounts import AccountsMixin
+from datasources.store.models import (
+    ApiKeyRow,
+    Base,
+    ChatRow,
+    DataSourceRow,
+    MessageRow,
+    UserRow,
+)
 
 __all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
 
@@ -160,7 +168,7 @@ def _run_migrations(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
-class Store:
+class Store(AccountsMixin):
     """The registry's database.
 
     Args:
@@ -429,9 +437,9 @@ class Store:
             return [_key_record(r) for r in result.scalars()]
 
     async def owner_exists(self, owner: str) -> bool:
-        """Whether any key (revoked or not) or data source belongs to ``owner``."""
+        """Whether any key (revoked or not), user or data source belongs to ``owner``."""
         async with self._session() as session:
-            for model in (ApiKeyRow, DataSourceRow):
+            for model in (ApiKeyRow, UserRow, DataSourceRow):
                 result = await session.execute(
                     select(model.owner).where(model.owner == owner).limit(1)
                 )
