@@ -411,7 +411,7 @@ async def test_every_response_carries_the_security_headers(web: Web) -> None:
             headers = response.headers
             assert headers["x-frame-options"] == "DENY", url
             assert headers["x-content-type-options"] == "nosniff", url
-            assert headers["referrer-policy"] == "no-referrer", url
+            assert headers["referrer-policy"] == "same-origin", url
             csp = headers["content-security-policy"]
             directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
             assert directives["script-src"] == "'self'", url  # no inline, no eval

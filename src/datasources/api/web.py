@@ -49,7 +49,9 @@ SECURITY_HEADERS: dict[str, str] = {
     "Content-Security-Policy": APP_CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # "same-origin", not "no-referrer": under no-referrer a browser sends "Origin: null"
+    # with a form post, and the sign-in form's Origin check would refuse every sign-in.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",

@@ -102,16 +102,18 @@ async function databaseView(main, source, signal) {
     if (!bySchema.has(table.schema_name)) bySchema.set(table.schema_name, []);
     bySchema.get(table.schema_name).push(table);
   }
-  fill(tree, h('ul', {}, [...bySchema.entries()].map(([name, tables]) => h('li', {},
-    h('details', {open: bySchema.size === 1},
-      h('summary', {}, `${name} (${tables.length})`),
-      h('ul', {}, tables.map((t) => h('li', {}, h('details', {},
-        h('summary', {}, `${t.name} — ${t.kind}, ~${t.estimated_rows.toLocaleString()} rows`),
-        t.comment ? h('p', {class: 'muted small'}, t.comment) : null,
-        h('table', {class: 'grid'},
-          h('thead', {}, h('tr', {}, ['Column', 'Type', 'Nullable'].map((c) => h('th', {scope: 'col'}, c)))),
-          h('tbody', {}, t.columns.map((c) => h('tr', {}, h('td', {}, c.name), h('td', {}, c.type),
-            h('td', {}, c.nullable ? 'yes' : 'no')))))))))))))));
+  const columnTable = (t) => h('table', {class: 'grid'},
+    h('thead', {}, h('tr', {}, ['Column', 'Type', 'Nullable'].map((c) => h('th', {scope: 'col'}, c)))),
+    h('tbody', {}, t.columns.map((c) => h('tr', {},
+      h('td', {}, c.name), h('td', {}, c.type), h('td', {}, c.nullable ? 'yes' : 'no')))));
+  const tableItem = (t) => h('li', {}, h('details', {},
+    h('summary', {}, `${t.name} — ${t.kind}, ~${t.estimated_rows.toLocaleString()} rows`),
+    t.comment ? h('p', {class: 'muted small'}, t.comment) : null,
+    columnTable(t)));
+  const schemaItem = ([name, tables]) => h('li', {}, h('details', {open: bySchema.size === 1},
+    h('summary', {}, `${name} (${tables.length})`),
+    h('ul', {}, tables.map(tableItem))));
+  fill(tree, h('ul', {}, [...bySchema.entries()].map(schemaItem)));
 }
 
 export async function browseView({main, params, query, signal, navigate}) {
