@@ -59,8 +59,11 @@ class Workbench:
         return {"Authorization": f"Bearer {self.key.key}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Not for the session: while Playwright's sync API
+    runs it keeps an event loop on the main thread, and every async test after it would
+    find that loop running."""
     if not os.path.exists(CHROMIUM):
         message = f"{CHROMIUM} is missing: run scripts/install-chromium.sh (make test does)"
         if IN_CI:

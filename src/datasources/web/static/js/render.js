@@ -2,7 +2,7 @@
 // Everything here came from a model, a kernel or a file name: all of it is text.
 
 import {download, post, request} from './api.js';
-import {errorBox, fill, h, path} from './dom.js';
+import {errorBox, fill, h, path, toast} from './dom.js';
 import {grid} from './grid.js';
 
 /**
@@ -45,10 +45,20 @@ function tablePart(data) {
   return grid(columns, Array.isArray(data.rows) ? data.rows : [], {caption});
 }
 
+/**
+ * The API address of a workspace file. Each segment is encoded, and '.' or '..' segments
+ * are refused: a URL would resolve them and reach another route of the API.
+ */
+export function workspaceFileUrl(chatId, relative) {
+  const segments = String(relative).split('/');
+  if (segments.some((s) => s === '' || s === '.' || s === '..')) throw new TypeError('refused an unsafe path');
+  return `${path`/api/v1/chats/${chatId}/files/`}${segments.map(encodeURIComponent).join('/')}`;
+}
+
 async function imagePart(chatId, part) {
   const figure = h('figure', {}, h('p', {class: 'muted small'}, 'Loading the image…'));
   try {
-    const response = await request('GET', `${path`/api/v1/chats/${chatId}/files/`}${part.path.split('/').map(encodeURIComponent).join('/')}`, {raw: true});
+    const response = await request('GET', workspaceFileUrl(chatId, part.path), {raw: true});
     const blob = await response.blob();
     // Only PNG is shown inline; the bytes come from sandboxed code (an SVG could script).
     const png = new Blob([blob], {type: 'image/png'});
@@ -88,7 +98,9 @@ export async function renderPart(chatId, part) {
     case 'table': return tablePart(part.data);
     case 'image': return imagePart(chatId, part);
     case 'file': return h('p', {}, h('button', {type: 'button', onclick: () =>
-      download(`${path`/api/v1/chats/${chatId}/files/`}${String(part.path).split('/').map(encodeURIComponent).join('/')}`, {}, part.name || 'file')}, `Download ${part.name || part.path}`));
+      Promise.resolve().then(() => download(workspaceFileUrl(chatId, part.path), {}, part.name || 'file'))
+        .catch((e) => toast(e.detail || String(e)))},
+    `Download ${part.name || part.path}`));
     case 'error': return h('div', {class: 'notice error', role: 'alert'}, h('strong', {}, part.name || 'Error'), ': ', part.text || '');
     default: return h('pre', {}, JSON.stringify(part));
   }

@@ -3,7 +3,7 @@
 
 import {del, download, events, get, post} from '../api.js';
 import {errorBox, fill, formatBytes, h, path, toast} from '../dom.js';
-import {codeBlock, markdown, renderPart} from '../render.js';
+import {codeBlock, markdown, renderPart, workspaceFileUrl} from '../render.js';
 
 const OFFLINE_HELP = 'Reference data with @source:path or @source:schema.table. Without a model ' +
   'configured: ```python blocks run in the chat\'s sandbox, a message starting with /sql queries a ' +
@@ -63,9 +63,9 @@ async function filesPanel(chatId, panel) {
     for (const file of files) {
       const where = String(file.path);
       list.append(h('li', {},
-        h('button', {type: 'button', onclick: () => download(
-          `${path`/api/v1/chats/${chatId}/files/`}${String(where).split('/').map(encodeURIComponent).join('/')}`, {},
-          String(where).split('/').pop())}, String(where)),
+        h('button', {type: 'button', onclick: () => Promise.resolve()
+          .then(() => download(workspaceFileUrl(chatId, where), {}, where.split('/').pop()))
+          .catch((e) => toast(e.detail || String(e)))}, where),
         h('div', {class: 'muted small'}, [formatBytes(file.bytes), provenance(file)].filter(Boolean).join(' · '))));
     }
     if (!files.length) list.append(h('li', {class: 'muted'}, 'No files yet.'));
