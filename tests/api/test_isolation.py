@@ -29,6 +29,7 @@ CALLS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/datasources/{source_id}/schema"): {},
     ("POST", "/api/v1/datasources/{source_id}/query"): {"json": {"sql": "SELECT 1"}},
     ("GET", "/api/v1/datasources/{source_id}/download"): {"params": {"path": "a.csv"}},
+    ("GET", "/api/v1/datasources/{source_id}/preview"): {"params": {"path": "a.csv"}},
     ("POST", "/api/v1/datasources/{source_id}/upload"): {
         "files": {"file": ("f.txt", b"pwned")},
         "data": {"path": "pwned.txt", "overwrite": "true"},

@@ -85,6 +85,10 @@ def test_add_a_folder_source_browse_and_download(
     page.wait_for_url(f"{workbench.url}/sources/sales-files")
     page.click("a:text-is('sales.csv')")
     page.wait_for_selector("h2:text-is('sales.csv')")
+    # The preview: the first rows, computed on the server.
+    page.wait_for_selector("section[aria-label=Item] td:text-is('north')")
+    headers = page.locator("section[aria-label=Item] thead th").all_inner_texts()
+    assert headers == ["region", "units"]
     with page.expect_download() as info:
         page.click("button:text('Download')")
     target = tmp_path / "got.csv"

@@ -23,6 +23,7 @@ from datasources.api.middleware import RequestContextMiddleware
 from datasources.api.routes import auth, datasources, health
 from datasources.api.routes import chats as chat_routes
 from datasources.api.routes import keys as key_routes
+from datasources.api.routes import preview as preview_routes
 from datasources.api.routes import types as type_routes
 from datasources.api.security import RateLimiter
 from datasources.api.web import SecurityHeadersMiddleware, install_web
@@ -146,6 +147,7 @@ def create_app(
     app.include_router(key_routes.router)
     app.include_router(type_routes.router)
     app.include_router(datasources.build_router(settings.api))
+    app.include_router(preview_routes.router)
     app.include_router(chat_routes.build_router(settings.api))
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(

@@ -3,6 +3,7 @@
 
 import {download, get} from '../api.js';
 import {errorBox, fill, formatBytes, formatTime, h, path} from '../dom.js';
+import {grid} from '../grid.js';
 import {connectorTypes, testButton} from './sources.js';
 
 function crumbs(source, prefix) {
@@ -17,6 +18,20 @@ function crumbs(source, prefix) {
   return h('nav', {class: 'crumbs', 'aria-label': 'Folder'}, links);
 }
 
+const PREVIEWABLE = /\.(csv|tsv|txt|json|jsonl|ndjson|parquet)$/i;
+
+async function loadPreview(source, item, box) {
+  fill(box, h('p', {class: 'muted small'}, 'Reading the first rows…'));
+  try {
+    const preview = await get(path`/api/v1/datasources/${source.id}/preview`, {path: item.path, rows: 50});
+    const note = `${preview.format.toUpperCase()}: first ${preview.rows.length} rows` +
+      (preview.truncated ? ' (there are more)' : '');
+    fill(box, h('h3', {}, 'Preview'), grid(preview.columns, preview.rows, {caption: note}));
+  } catch (error) {
+    fill(box, h('h3', {}, 'Preview'), errorBox(error));
+  }
+}
+
 function metadataPanel(source, item) {
   const rows = [
     ['Path', item.path], ['Kind', item.kind], ['Size', formatBytes(item.size)],
@@ -24,6 +39,8 @@ function metadataPanel(source, item) {
     ['ETag', item.etag || ''], ['Checksum', item.checksum || ''],
   ];
   const status = h('div', {'aria-live': 'polite'});
+  const previewBox = h('div', {'aria-live': 'polite'});
+  if (PREVIEWABLE.test(item.name)) loadPreview(source, item, previewBox);
   return h('section', {class: 'card', 'aria-label': 'Item'},
     h('h2', {}, item.name),
     h('table', {class: 'grid'}, h('tbody', {}, rows.filter(([, v]) => v !== '').map(([k, v]) =>
@@ -34,7 +51,7 @@ function metadataPanel(source, item) {
         await download(path`/api/v1/datasources/${source.id}/download`, {path: item.path}, item.name);
         fill(status);
       } catch (error) { fill(status, errorBox(error)); }
-    }}, 'Download')), status);
+    }}, 'Download')), status, previewBox);
 }
 
 async function filesView(main, source, query, signal, navigate) {
