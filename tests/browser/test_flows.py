@@ -181,3 +181,37 @@ def test_chat_with_code_that_draws_a_chart(
     image = page.wait_for_selector("img.part-img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=image)
     assert watched.errors == [] and watched.csp_violations() == []
+
+
+def test_the_composer_completes_sources_then_paths(workbench: Workbench, watched: Watched) -> None:
+    import httpx
+
+    httpx.post(
+        f"{workbench.url}/api/v1/datasources",
+        headers=workbench.bearer,
+        json={"name": "files", "type": "local_folder", "config": {"root": str(workbench.folder)}},
+    ).raise_for_status()
+    chat = httpx.post(f"{workbench.url}/api/v1/chats", headers=workbench.bearer, json={}).json()
+    page = watched.page
+    sign_in(page, workbench.url)
+    page.goto(f"{workbench.url}/chats/{chat['id']}")
+    composer = page.locator("#composer")
+    composer.focus()
+    page.keyboard.type("Compare @fi")
+    page.wait_for_selector("#composer-completions li:text-is('files')")
+    assert composer.get_attribute("aria-expanded") == "true"
+    page.keyboard.press("Tab")  # takes the source, and goes on with its top level
+    page.wait_for_selector("#composer-completions li:text-is('reports/')")
+    assert composer.input_value() == "Compare @files:"
+    page.keyboard.type("rep")
+    page.wait_for_selector("#composer-completions li:text-is('reports/')")
+    page.keyboard.press("Enter")  # a folder: completion goes on inside it
+    page.wait_for_selector("#composer-completions li:text-is('q1.txt')")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    assert composer.input_value() == "Compare @files:reports/q1.txt "
+    assert composer.get_attribute("aria-expanded") == "false"
+    page.keyboard.type("and @nothing-like-this")
+    assert page.locator("#composer-completions").is_hidden()
+    screenshot(page, "composer-completion")
+    assert watched.errors == [] and watched.csp_violations() == []

@@ -3,7 +3,9 @@
 
 import {del, download, events, get, post} from '../api.js';
 import {errorBox, fill, formatBytes, h, path, toast} from '../dom.js';
+import {attachCompletion} from '../complete.js';
 import {codeBlock, markdown, renderPart, workspaceFileUrl} from '../render.js';
+import {connectorTypes} from './sources.js';
 
 const OFFLINE_HELP = 'Reference data with @source:path or @source:schema.table. Without a model ' +
   'configured: ```python blocks run in the chat\'s sandbox, a message starting with /sql queries a ' +
@@ -90,10 +92,12 @@ export async function chatView({main, params, signal, navigate}) {
   const messages = h('div', {class: 'messages', role: 'log', 'aria-label': 'Messages'});
   const files = h('aside', {'aria-label': 'Workspace files'});
   const input = h('textarea', {id: 'composer', rows: '4', 'aria-describedby': 'composer-help',
-    placeholder: 'Ask about @source:path … (Ctrl+Enter sends)'});
+    placeholder: 'Ask about @source:path … (type @ for suggestions; Ctrl+Enter sends)'});
   const send = h('button', {type: 'submit', class: 'primary'}, 'Send');
+  const types = await connectorTypes();
+  const completions = attachCompletion(input, {sqlTypes: new Set(types.filter((t) => t.sql).map((t) => t.type))});
   const composer = h('form', {class: 'composer stack', 'aria-label': 'Message'},
-    h('label', {for: 'composer'}, 'Message'), input,
+    h('label', {for: 'composer'}, 'Message'), h('div', {class: 'composer-box'}, input, completions),
     h('p', {class: 'field-help', id: 'composer-help'}, OFFLINE_HELP),
     h('div', {class: 'row'}, send));
   fill(main, h('div', {class: 'layout-chat'}, list,
