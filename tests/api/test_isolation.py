@@ -39,6 +39,7 @@ CALLS: dict[tuple[str, str], dict[str, Any]] = {
 
 CHAT_CALLS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/chats/{chat_id}"): {},
+    ("PATCH", "/api/v1/chats/{chat_id}"): {"json": {"title": "pwned"}},
     ("DELETE", "/api/v1/chats/{chat_id}"): {},
     ("GET", "/api/v1/chats/{chat_id}/messages"): {},
     ("POST", "/api/v1/chats/{chat_id}/messages"): {"json": {"content": "```python\n1\n```"}},
@@ -114,7 +115,8 @@ async def test_another_owners_chat_is_a_missing_one_on_every_route(api: Api) -> 
         missing = await api.request(method, url.format(chat_id="f" * 24), api.bob, **kwargs)
         assert as_bob.status_code == 404, (method, path, as_bob.text)
         assert _normalised(as_bob, chat) == _normalised(missing, "f" * 24), path
-    assert (await api.request("GET", f"/api/v1/chats/{chat}", api.alice)).status_code == 200
+    mine = await api.request("GET", f"/api/v1/chats/{chat}", api.alice)
+    assert mine.status_code == 200 and mine.json()["title"] == "mine"
     assert (api.settings.workspaces_dir / chat / "outputs" / "r.txt").read_text() == "private"
     assert (await api.request("GET", "/api/v1/chats", api.bob)).json()["items"] == []
 

@@ -156,6 +156,11 @@ def test_chat_with_code_that_draws_a_chart(
     page.fill("#new-chat-title", "Charts")
     page.click("button:text('Start a chat')")
     page.wait_for_selector("h1:text-is('Charts')")
+    page.click("button:text('Rename')")
+    page.fill("#chat-title", "Bar charts")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("h1:text-is('Bar charts')")
+    assert page.locator(".chat-list a[aria-current=page]").inner_text() == "Bar charts"
     code = (
         "import matplotlib.pyplot as plt\n"
         "plt.bar(['north', 'south'], [3, 5])\n"

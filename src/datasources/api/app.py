@@ -20,7 +20,7 @@ from datasources.api.browser import LoginLimiter
 from datasources.api.docs import install_docs
 from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
-from datasources.api.routes import auth, datasources, health
+from datasources.api.routes import auth, chat_titles, datasources, health
 from datasources.api.routes import chats as chat_routes
 from datasources.api.routes import keys as key_routes
 from datasources.api.routes import preview as preview_routes
@@ -149,6 +149,7 @@ def create_app(
     app.include_router(datasources.build_router(settings.api))
     app.include_router(preview_routes.router)
     app.include_router(chat_routes.build_router(settings.api))
+    app.include_router(chat_titles.router)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         RequestContextMiddleware,

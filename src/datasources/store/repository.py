@@ -488,6 +488,18 @@ class Store(AccountsMixin):
             if row is not None:
                 row.updated_at = when
 
+    async def rename_chat(
+        self, owner: str, chat_id: str, title: str, when: datetime
+    ) -> StoredChat | None:
+        """Give a chat of ``owner`` a new title; None if there is no such chat."""
+        async with self._session() as session, session.begin():
+            row = await session.get(ChatRow, chat_id, with_for_update=True)
+            if row is None or row.owner != owner:
+                return None
+            row.title = title
+            row.updated_at = when
+            return _chat_record(row)
+
     async def delete_chat(self, owner: str, chat_id: str) -> bool:
         async with self._session() as session, session.begin():
             await session.execute(delete(MessageRow).where(MessageRow.chat_id == chat_id))

@@ -1,7 +1,7 @@
 // / and /chats/{id}: the chat list, one chat's history, the composer (replies streamed
 // as server-sent events) and the workspace's files with their provenance.
 
-import {del, download, events, get, post} from '../api.js';
+import {del, download, events, get, patch, post} from '../api.js';
 import {errorBox, fill, formatBytes, h, path, toast} from '../dom.js';
 import {attachCompletion} from '../complete.js';
 import {codeBlock, markdown, renderPart, workspaceFileUrl} from '../render.js';
@@ -100,8 +100,30 @@ export async function chatView({main, params, signal, navigate}) {
     h('label', {for: 'composer'}, 'Message'), h('div', {class: 'composer-box'}, input, completions),
     h('p', {class: 'field-help', id: 'composer-help'}, OFFLINE_HELP),
     h('div', {class: 'row'}, send));
+  const heading = h('h1', {}, chat.title || 'Untitled chat');
+  const titleRow = h('div', {class: 'row spread'}, heading,
+    h('button', {type: 'button', onclick: () => renameForm()}, 'Rename'));
+  function renameForm() {
+    const field = h('input', {id: 'chat-title', maxlength: '200', value: chat.title});
+    const form = h('form', {class: 'row', 'aria-label': 'Rename the chat', onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const renamed = await patch(path`/api/v1/chats/${chat.id}`, {title: field.value});
+        chat.title = renamed.title;
+        heading.textContent = renamed.title || 'Untitled chat';
+        document.title = `${heading.textContent} — datasources`;
+        form.replaceWith(titleRow);
+        const current = list.querySelector('a[aria-current=page]');
+        if (current) current.textContent = heading.textContent;
+      } catch (error) { form.append(errorBox(error)); }
+    }}, h('label', {for: 'chat-title'}, 'Title'), field, h('button', {type: 'submit', class: 'primary'}, 'Save'),
+    h('button', {type: 'button', onclick: () => form.replaceWith(titleRow)}, 'Cancel'));
+    titleRow.replaceWith(form);
+    field.focus();
+    field.select();
+  }
   fill(main, h('div', {class: 'layout-chat'}, list,
-    h('section', {class: 'stack'}, h('h1', {}, chat.title || 'Untitled chat'), messages, composer), files));
+    h('section', {class: 'stack'}, titleRow, messages, composer), files));
 
   let cursor = null;
   do {
