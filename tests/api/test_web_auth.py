@@ -454,5 +454,6 @@ async def test_connector_types_describe_their_config(web: Web) -> None:
     assert folder["available"] and not folder["sql"]
     assert "root" in folder["config_schema"]["properties"]
     assert "root" in folder["config_schema"]["required"]
+    assert types["azure_blob"]["operator_fields"] == ["use_default_credential"]
     pg = types["postgresql"]
     assert pg["sql"] and {"password", "dsn"} <= set(pg["secret_fields"])

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from datasources.api.routes.datasources import COMMON
 from datasources.api.security import CurrentPrincipal
+from datasources.config import Settings
 from datasources.connectors.sql import SqlConnector
 from datasources.errors import DataSourceError
 from datasources.registry import DataSourceRegistry
@@ -33,6 +34,19 @@ class ConnectorType(BaseModel):
         default_factory=dict, description="JSON Schema of the type's config object."
     )
     problem: str | None = Field(default=None, description="Why it is unavailable.")
+    operator_fields: list[str] = Field(
+        default_factory=list,
+        description="Config fields this service refuses from API users (the operator's "
+        "choice): forms leave them out.",
+    )
+
+
+def _operator_fields(type_name: str, settings: Settings) -> list[str]:
+    """Fields an API user may not set here. The service's own Azure identity is for the
+    accounts the operator lists, and for nobody when none is listed."""
+    if type_name == "azure_blob" and not settings.ambient_identity_accounts:
+        return ["use_default_credential"]
+    return []
 
 
 class ConnectorTypeList(BaseModel):
@@ -63,6 +77,7 @@ async def list_types(request: Request, caller: CurrentPrincipal) -> ConnectorTyp
                 sql=issubclass(cls, SqlConnector),
                 secret_fields=sorted(cls.secret_fields),
                 config_schema=cls.config_model.model_json_schema(),
+                operator_fields=_operator_fields(name, request.app.state.settings),
             )
         )
     return ConnectorTypeList(items=items)

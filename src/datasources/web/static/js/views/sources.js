@@ -77,7 +77,8 @@ export function sourceForm(type, {source, onSubmit, onCancel}) {
   const required = new Set(schema.required || []);
   const secrets = new Set(type.secret_fields || []);
   const config = source ? source.config : {};
-  const fields = Object.entries(props).map(([name, s]) =>
+  const hidden = new Set(type.operator_fields || []);
+  const fields = Object.entries(props).filter(([name]) => !hidden.has(name)).map(([name, s]) =>
     configField(name, s, {secret: secrets.has(name), required: required.has(name), value: config[name], editing}));
   const main = fields.filter((f) => required.has(f.name) || secrets.has(f.name) || ['root', 'host', 'database', 'user', 'container_name', 'account_url'].includes(f.name));
   const more = fields.filter((f) => !main.includes(f));
