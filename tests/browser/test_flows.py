@@ -132,6 +132,9 @@ def test_a_postgresql_source_its_tables_and_sql(
     page.fill("#sql", "SELECT region, units * price AS total FROM sales ORDER BY region")
     page.keyboard.press("Control+Enter")
     page.wait_for_selector("text=3 rows")
+    # Highlighted as typed: keywords in spans of the (aria-hidden) layer under the editor.
+    keywords = page.locator(".sql-highlight .tok-keyword").all_inner_texts()
+    assert keywords[:2] == ["SELECT", "AS"]
     cells = page.locator("table.grid tbody tr").all_inner_texts()
     assert cells[0].split("\t")[0] == "east" and len(cells) == 3
     screenshot(page, "sql")

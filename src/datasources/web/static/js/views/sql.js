@@ -3,6 +3,7 @@
 import {get, post} from '../api.js';
 import {errorBox, fill, h, path} from '../dom.js';
 import {grid, toCsv} from '../grid.js';
+import {highlightEditor} from '../sqlhighlight.js';
 
 const DRAFTS = 'datasources.sql.';
 
@@ -13,6 +14,7 @@ export async function sqlView({main, params, signal}) {
   const editor = h('textarea', {id: 'sql', class: 'code', rows: '8', spellcheck: 'false',
     'aria-describedby': 'sql-help', autocapitalize: 'off'});
   editor.value = sessionStorage.getItem(draftKey) || 'SELECT 1';
+  const editorBox = highlightEditor(editor);
   const maxRows = h('input', {id: 'max-rows', type: 'number', min: '1', max: '100000', value: '1000'});
   const run = h('button', {type: 'submit', class: 'primary'}, 'Run');
   const out = h('div', {'aria-live': 'polite'});
@@ -60,7 +62,7 @@ export async function sqlView({main, params, signal}) {
     execute();
   }},
   h('label', {for: 'sql'}, 'SQL'),
-  editor,
+  editorBox,
   h('p', {class: 'field-help', id: 'sql-help'}, 'One read-only statement. Ctrl+Enter (⌘+Enter) runs it; statements that write are refused.'),
   h('div', {class: 'row'}, run, h('label', {for: 'max-rows'}, 'Row limit'), maxRows, exportCsv));
   fill(main, h('h1', {}, `SQL — ${source.name}`),
