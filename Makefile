@@ -33,6 +33,7 @@ run: $(STAMP)
 ## test: install, start PostgreSQL and Azurite, run the whole suite
 test: $(STAMP) node_modules/.installed $(GATEWAY_VENV)/.installed
 	bash scripts/install-bwrap.sh
+	bash scripts/install-chromium.sh
 	bash scripts/services.sh start
 	set -a && . .cache/services.env && set +a && $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -105,6 +105,34 @@ class ApiSettings(BaseModel):
         default=5.0, ge=0, description="How long a checked API key is trusted in memory."
     )
     access_log: bool = True
+    session_idle_seconds: float = Field(
+        default=2 * 3600, gt=0, description="A workbench session unused this long ends."
+    )
+    session_max_seconds: float = Field(
+        default=12 * 3600, gt=0, description="A workbench session this old ends, however busy."
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed sign-ins allowed per user name and per client address within "
+        "login_window_seconds; further attempts get 429 with Retry-After.",
+    )
+    login_window_seconds: float = Field(default=15 * 60, gt=0)
+    cookie_secure: bool | None = Field(
+        default=None,
+        description="Mark the session cookie Secure: always (true), never (false), or when "
+        "the request came over https, directly or through a trusted proxy (null).",
+    )
+    public_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (https://host[:port]) the workbench is reached at besides the "
+        "request's own scheme and Host; state-changing browser requests must come from one.",
+    )
+
+    @field_validator("public_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        return _split_commas(value)
 
 
 class SandboxLimits(BaseModel):

@@ -35,10 +35,17 @@ _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts for: the owner whose data it may see, and the key it used."""
+    """Who a request acts for: the owner whose data it may see, and the key it used (or,
+    for a signed-in browser, the user; ``key_id`` is then empty)."""
 
     owner: str
     key_id: str
+    user_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """A name for logs and rate limits: the key id, or ``user:<id>``."""
+        return self.key_id or f"user:{self.user_id}"
 
 
 @dataclass(frozen=True)

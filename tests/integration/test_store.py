@@ -187,7 +187,7 @@ async def test_migrations_match_the_models(store_url: str) -> None:
 
             assert await conn.run_sync(diff) == []
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-            assert version == "0003"
+            assert version == "0004"
     finally:
         await store.close()
 

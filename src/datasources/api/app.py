@@ -16,12 +16,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from datasources import __version__
+from datasources.api.browser import LoginLimiter
 from datasources.api.deps import document_page_limits
 from datasources.api.docs import install_docs
 from datasources.api.errors import install_error_handlers
 from datasources.api.middleware import RequestContextMiddleware
+from datasources.api.routes import auth, chat_titles, datasources, health
 from datasources.api.routes import chats as chat_routes
-from datasources.api.routes import datasources, health
+from datasources.api.routes import keys as key_routes
+from datasources.api.routes import preview as preview_routes
+from datasources.api.routes import types as type_routes
+from datasources.api.web import SecurityHeadersMiddleware, install_web
 from datasources.chat import ChatService
 from datasources.config import Settings
 from datasources.credentials import install_log_redaction
@@ -29,6 +34,8 @@ from datasources.keys import ApiKeys
 from datasources.registry import DataSourceRegistry
 from datasources.sandbox.factory import sandbox_manager
 from datasources.shared import SharedState
+from datasources.users import Users
+from datasources.websessions import WebSessions
 
 __all__ = ["create_app"]
 
@@ -38,19 +45,21 @@ DESCRIPTION = """\
 Uniform, safe access to external data for an AI data-analysis assistant.
 
 Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <API key>`
-(create one with `datasources keys create NAME`). Each key acts for one owner and sees
+(create one with `datasources keys create NAME`), or, from the workbench's own pages, a
+signed-in session (cookie plus `X-CSRF-Token` on changes). Each key acts for one owner and sees
 only that owner's data sources: another owner's id answers exactly like a missing one.
 Errors are RFC 9457 `application/problem+json` documents with a stable `code`.
 """
 
 
-async def _expire_forever(chats: ChatService) -> None:
-    """Delete old chats (and their workspaces) once an hour."""
+async def _expire_forever(chats: ChatService, sessions: WebSessions) -> None:
+    """Delete old chats (and their workspaces) and ended sessions once an hour."""
     while True:
         try:
             removed = await chats.expire()
             if removed:
                 logger.info("Deleted %d expired chats.", removed)
+            await sessions.sweep()
         except Exception as exc:
             logger.warning("Expiring old chats failed: %s", type(exc).__name__)
         await asyncio.sleep(3600)
@@ -81,6 +90,12 @@ def create_app(
             cache_seconds=settings.api.key_cache_seconds,
             cache_trusted=shared.cache_trusted,
         )
+        app.state.users = Users(current.store)
+        app.state.sessions = WebSessions(
+            current.store,
+            idle_seconds=settings.api.session_idle_seconds,
+            max_seconds=settings.api.session_max_seconds,
+        )
         await shared.start(current, app.state.keys)
         sandboxes = sandbox_manager(settings)
         await sandboxes.start()
@@ -95,7 +110,7 @@ def create_app(
             )
         chats = ChatService(current, sandboxes, settings, provider)
         app.state.chats = chats
-        expiry = asyncio.create_task(_expire_forever(chats))
+        expiry = asyncio.create_task(_expire_forever(chats, app.state.sessions))
         try:
             yield
         finally:
@@ -117,6 +132,8 @@ def create_app(
         openapi_tags=[
             {"name": "data sources", "description": "Register sources and reach their data."},
             {"name": "chats", "description": "Chats with data: references, files, code."},
+            {"name": "session", "description": "The signed-in browser's user and CSRF token."},
+            {"name": "keys", "description": "A signed-in user's own API keys."},
             {"name": "health", "description": "Liveness and readiness, without auth."},
         ],
     )
@@ -124,12 +141,22 @@ def create_app(
     # Rate limits and cache invalidation: per process, or shared through Redis/PostgreSQL.
     shared = app.state.shared = SharedState(settings)
     app.state.limiter = shared.limiter
+    app.state.login_limiter = LoginLimiter(
+        settings.api.login_max_failures, settings.api.login_window_seconds
+    )
     install_error_handlers(app)
     install_docs(app)
+    install_web(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(key_routes.router)
+    app.include_router(type_routes.router)
     app.include_router(datasources.router)
+    app.include_router(preview_routes.router)
     app.include_router(chat_routes.router)
+    app.include_router(chat_titles.router)
     document_page_limits(app, settings.api)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,

@@ -166,6 +166,7 @@ class RequestContextMiddleware:
             "bytes": sent,
             "ms": round((time.perf_counter() - start) * 1000, 2),
             "key_id": state.get("key_id"),
+            "user_id": state.get("user_id"),
             "client": client[0] if client else None,
         }
         access_logger.info(json.dumps(line))

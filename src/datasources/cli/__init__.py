@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from datasources.cli import chat, data, demo, keys, secrets, serve, sources
+from datasources.cli import chat, data, demo, keys, secrets, serve, sources, users
 from datasources.cli.common import err, first_error
 from datasources.cli.root import app, hoist_global_options
 from datasources.credentials import redact
@@ -42,6 +42,7 @@ SUB_APPS: tuple[tuple[str, typer.Typer], ...] = (
     ("sources", sources.app),
     ("secrets", secrets.app),
     ("keys", keys.app),
+    ("users", users.app),
 )
 """Groups of commands (``datasources NAME …``), listed after the commands."""
 

@@ -4,6 +4,7 @@ SQLite under ``DATASOURCES_HOME`` by default; any PostgreSQL through
 ``DATASOURCES_DATABASE_URL``, so several service replicas share one registry.
 """
 
+from datasources.store.accounts import StoredUser, StoredWebSession
 from datasources.store.repository import (
     Store,
     StoredApiKey,
@@ -12,4 +13,12 @@ from datasources.store.repository import (
     StoredSource,
 )
 
-__all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
+__all__ = [
+    "Store",
+    "StoredApiKey",
+    "StoredChat",
+    "StoredMessage",
+    "StoredSource",
+    "StoredUser",
+    "StoredWebSession",
+]

@@ -18,7 +18,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKeyRow", "Base", "ChatRow", "DataSourceRow", "MessageRow"]
+__all__ = [
+    "ApiKeyRow",
+    "Base",
+    "ChatRow",
+    "DataSourceRow",
+    "MessageRow",
+    "UserRow",
+    "WebSessionRow",
+]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -103,3 +111,41 @@ class MessageRow(Base):
     refs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UserRow(Base):
+    """A person who signs in to the workbench: a name, an argon2id hash, and the owner
+    whose data they see (the same owner their API keys act for)."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_users_name"),
+        Index("ix_users_owner", "owner"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def __repr__(self) -> str:  # never the hash
+        return f"UserRow(id={self.id!r}, name={self.name!r}, owner={self.owner!r})"
+
+
+class WebSessionRow(Base):
+    """A signed-in browser: only a SHA-256 of the cookie's token is kept, as the id."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_user_id", "user_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:  # the id is a hash of a bearer secret: not for logs
+        return f"WebSessionRow(user_id={self.user_id!r})"

@@ -29,8 +29,16 @@ from datasources.errors import (
     NotFoundError,
     UnavailableError,
 )
+from datasources.store.accounts import AccountsMixin
 from datasources.store.changes import Change, ChangeAnnouncer
-from datasources.store.models import ApiKeyRow, Base, ChatRow, DataSourceRow, MessageRow
+from datasources.store.models import (
+    ApiKeyRow,
+    Base,
+    ChatRow,
+    DataSourceRow,
+    MessageRow,
+    UserRow,
+)
 
 __all__ = ["Store", "StoredApiKey", "StoredChat", "StoredMessage", "StoredSource"]
 
@@ -165,7 +173,7 @@ def _run_migrations(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
-class Store(ChangeAnnouncer):
+class Store(ChangeAnnouncer, AccountsMixin):
     """The registry's database.
 
     Args:
@@ -444,9 +452,9 @@ class Store(ChangeAnnouncer):
             return [_key_record(r) for r in result.scalars()]
 
     async def owner_exists(self, owner: str) -> bool:
-        """Whether any key (revoked or not) or data source belongs to ``owner``."""
+        """Whether any key (revoked or not), user or data source belongs to ``owner``."""
         async with self._session() as session:
-            for model in (ApiKeyRow, DataSourceRow):
+            for model in (ApiKeyRow, UserRow, DataSourceRow):
                 result = await session.execute(
                     select(model.owner).where(model.owner == owner).limit(1)
                 )
@@ -498,6 +506,18 @@ class Store(ChangeAnnouncer):
             row = await session.get(ChatRow, chat_id)
             if row is not None:
                 row.updated_at = when
+
+    async def rename_chat(
+        self, owner: str, chat_id: str, title: str, when: datetime
+    ) -> StoredChat | None:
+        """Give a chat of ``owner`` a new title; None if there is no such chat."""
+        async with self._session() as session, session.begin():
+            row = await session.get(ChatRow, chat_id, with_for_update=True)
+            if row is None or row.owner != owner:
+                return None
+            row.title = title
+            row.updated_at = when
+            return _chat_record(row)
 
     async def delete_chat(self, owner: str, chat_id: str) -> bool:
         async with self._session() as session, session.begin():
