@@ -14,11 +14,10 @@ published while it was away is lost with pub/sub.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from datasources.store.changes import Change, ChangeHandler
+from datasources.store.changes import Change, ChangeHandler, Listener
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -28,7 +27,7 @@ __all__ = ["RedisChangeFeed"]
 logger = logging.getLogger(__name__)
 
 
-class RedisChangeFeed:
+class RedisChangeFeed(Listener):
     """Publish this process's changes to a Redis channel and hear every process's.
 
     Args:
@@ -41,6 +40,8 @@ class RedisChangeFeed:
         timeout: Seconds a subscription or a ping answer may take.
     """
 
+    _what = "Redis change feed"
+
     def __init__(
         self,
         client: Redis,
@@ -50,23 +51,12 @@ class RedisChangeFeed:
         heartbeat: float = 0.5,
         timeout: float = 1.0,
     ) -> None:
+        super().__init__(handler, heartbeat=heartbeat, timeout=timeout)
         self._client = client
         self._channel = channel
-        self._handler = handler
-        self._heartbeat = heartbeat
-        self._timeout = timeout
-        self._task: asyncio.Task[None] | None = None
-        self._healthy = False
-        self._was_up = False  # healthy at some point of the current connection
-        self._connected = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"RedisChangeFeed(channel={self._channel!r}, healthy={self._healthy})"
-
-    @property
-    def healthy(self) -> bool:
-        """Whether every published change is being heard now."""
-        return self._healthy
 
     async def publish(self, change: Change) -> None:
         """Tell every listening process (errors are logged: the change is committed)."""
@@ -81,44 +71,6 @@ class RedisChangeFeed:
                 change.kind,
                 type(exc).__name__,
             )
-
-    async def start(self, *, wait: float | None = None) -> None:
-        """Start listening; with ``wait``, for at most that long until subscribed."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="datasources-redis-feed")
-        if wait:
-            try:
-                await asyncio.wait_for(self._connected.wait(), wait)
-            except TimeoutError:
-                logger.warning("Redis change feed: not subscribed yet; retrying in background.")
-
-    async def close(self) -> None:
-        """Stop listening."""
-        task, self._task = self._task, None
-        self._healthy = False
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                await self._listen_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._was_up:
-                    logger.warning(
-                        "Redis change feed lost (%s); caches are bypassed until it is back.",
-                        type(exc).__name__,
-                    )
-                # Back off while Redis stays away; retry at once after a healthy spell.
-                backoff = 0.1 if self._was_up else min(backoff * 2, 2.0)
-            finally:
-                self._healthy = self._was_up = False
-            await asyncio.sleep(backoff)
 
     async def _listen_once(self) -> None:
         pubsub = self._client.pubsub()

@@ -27,7 +27,14 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-__all__ = ["CHANNEL", "Change", "ChangeAnnouncer", "ChangeHandler", "PostgresChangeListener"]
+__all__ = [
+    "CHANNEL",
+    "Change",
+    "ChangeAnnouncer",
+    "ChangeHandler",
+    "Listener",
+    "PostgresChangeListener",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,25 +103,19 @@ class _Heard:
             self.overflowed = True
 
 
-class PostgresChangeListener:
-    """``LISTEN`` on the store's database and pass each change to ``handler``.
+class Listener:
+    """A background task that keeps one listening connection up and says whether it is.
 
-    Args:
-        dsn: A libpq URL of the store's database (asyncpg's form).
-        handler: Called for each change, and with None after every (re)connection.
-        heartbeat: Seconds between checks that the connection still answers.
-        timeout: Seconds a connection attempt or a heartbeat may take.
+    Subclasses implement :meth:`_listen_once`: connect, call the handler with None once
+    listening (whatever was missed is dropped by that resync), set :attr:`_healthy`,
+    :attr:`_was_up` and :attr:`_connected`, and return or raise when the connection is lost.
+    Here: the reconnect loop with its backoff, start, close and health.
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        handler: ChangeHandler,
-        *,
-        heartbeat: float = 0.5,
-        timeout: float = 2.0,
-    ) -> None:
-        self._dsn = dsn
+    _what = "Change listener"
+    """How log lines name this listener."""
+
+    def __init__(self, handler: ChangeHandler, *, heartbeat: float, timeout: float) -> None:
         self._handler = handler
         self._heartbeat = heartbeat
         self._timeout = timeout
@@ -123,9 +124,6 @@ class PostgresChangeListener:
         self._was_up = False  # healthy at some point of the current connection
         self._connected = asyncio.Event()
 
-    def __repr__(self) -> str:
-        return f"PostgresChangeListener(healthy={self._healthy})"
-
     @property
     def healthy(self) -> bool:
         """Whether every committed change is being heard now."""
@@ -133,14 +131,15 @@ class PostgresChangeListener:
 
     async def start(self, *, wait: float | None = None) -> None:
         """Start listening in the background; with ``wait``, for at most that long until
-        the first connection is up (a store that is down does not stop the service)."""
+        the first connection is up (a store or Redis that is down does not stop the service)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="datasources-change-listener")
+            name = f"datasources-{type(self).__name__}"
+            self._task = asyncio.create_task(self._run(), name=name)
         if wait:
             try:
                 await asyncio.wait_for(self._connected.wait(), wait)
             except TimeoutError:
-                logger.warning("Change listener: not connected yet; retrying in the background.")
+                logger.warning("%s: not connected yet; retrying in the background.", self._what)
 
     async def close(self) -> None:
         """Stop listening."""
@@ -161,15 +160,45 @@ class PostgresChangeListener:
             except Exception as exc:
                 if self._was_up:
                     logger.warning(
-                        "Change listener lost the store (%s); caches are bypassed until it "
-                        "is back.",
+                        "%s lost its connection (%s); caches are bypassed until it is back.",
+                        self._what,
                         type(exc).__name__,
                     )
-                # Back off while the store stays away; retry at once after a healthy spell.
+                # Back off while the other end stays away; retry at once after a healthy spell.
                 backoff = 0.1 if self._was_up else min(backoff * 2, 2.0)
             finally:
                 self._healthy = self._was_up = False
             await asyncio.sleep(backoff)
+
+    async def _listen_once(self) -> None:
+        raise NotImplementedError
+
+
+class PostgresChangeListener(Listener):
+    """``LISTEN`` on the store's database and pass each change to ``handler``.
+
+    Args:
+        dsn: A libpq URL of the store's database (asyncpg's form).
+        handler: Called for each change, and with None after every (re)connection.
+        heartbeat: Seconds between checks that the connection still answers.
+        timeout: Seconds a connection attempt or a heartbeat may take.
+    """
+
+    _what = "Change listener (store)"
+
+    def __init__(
+        self,
+        dsn: str,
+        handler: ChangeHandler,
+        *,
+        heartbeat: float = 0.5,
+        timeout: float = 2.0,
+    ) -> None:
+        super().__init__(handler, heartbeat=heartbeat, timeout=timeout)
+        self._dsn = dsn
+
+    def __repr__(self) -> str:
+        return f"PostgresChangeListener(healthy={self._healthy})"
 
     async def _listen_once(self) -> None:
         import asyncpg
