@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 
 from datasources.config import SandboxLimits
 from datasources.sandbox.gateway_client import GatewayClient, KernelGone
-from datasources.sandbox.replies import INTERRUPT_GRACE, Collector, Execution, gone
+from datasources.sandbox.replies import Collector, Escalation, Execution, gone
 from datasources.sandbox.runtime import SandboxUnavailableError
 
 __all__ = ["GatewaySession"]
@@ -259,9 +259,8 @@ class GatewaySession:
         if not self.alive or (self._ws is None and not await self._reconnect()):
             return gone()
         collector = Collector(self.slot, self.limits.output_bytes)
-        timed_out = restarted = False
-        deadline = time.monotonic() + timeout
-        interrupted_at: float | None = None
+        restarted = False
+        clock = Escalation(timeout)
         lost = False
         probe_at = time.monotonic() + _PROBE_EVERY
         content = {"code": code, "silent": False, "store_history": True,
@@ -274,13 +273,9 @@ class GatewaySession:
                     return gone()
                 await self._send("execute_request", content)
             while True:
-                wait = deadline - time.monotonic()
-                if interrupted_at is not None:
-                    wait = interrupted_at + INTERRUPT_GRACE - time.monotonic()
+                wait = clock.remaining()
                 if wait <= 0:
-                    if interrupted_at is None:
-                        timed_out = True
-                        interrupted_at = time.monotonic()
+                    if clock.step() == "interrupt":
                         await self.interrupt()
                         continue
                     # The code ignored the interrupt: a fresh kernel (same id).
@@ -329,9 +324,8 @@ class GatewaySession:
                     continue  # the shell's execute_reply: the parts come from iopub
                 if collector.add(msg):
                     break
-                if collector.runaway and interrupted_at is None:
+                if collector.runaway and clock.interrupt_now():
                     # Output without end (printing, displaying): stop it, don't read gigabytes.
-                    interrupted_at = time.monotonic()
                     await self.interrupt()
         finally:
             self._waiting = None
@@ -339,7 +333,7 @@ class GatewaySession:
         if lost:
             collector.note(_LOST)
         return collector.finish(
-            timeout=timeout, timed_out=timed_out, restarted=restarted, start=start
+            timeout=timeout, timed_out=clock.timed_out, restarted=restarted, start=start
         )
 
     async def _state(self) -> str | None:

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +30,7 @@ __all__ = [
     "DISPLAYS",
     "INTERRUPT_GRACE",
     "Collector",
+    "Escalation",
     "Execution",
     "OutputBudget",
     "Part",
@@ -43,6 +44,40 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 INTERRUPT_GRACE = 3.0
 """Seconds code has to stop after an interrupt before its kernel is ended (or restarted)."""
+
+
+class Escalation:
+    """An execution's timeout in two steps, the same in every mode: at the deadline the
+    code is interrupted; if it has not stopped ``INTERRUPT_GRACE`` seconds later, the
+    session gives up on it (ends or restarts the kernel). Output without end is
+    interrupted early through :meth:`interrupt_now`."""
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.interrupted_at: float | None = None
+        self.timed_out = False
+
+    def remaining(self) -> float:
+        """Seconds until the next step is due (zero or less: take it now)."""
+        if self.interrupted_at is not None:
+            return self.interrupted_at + INTERRUPT_GRACE - time.monotonic()
+        return self.deadline - time.monotonic()
+
+    def step(self) -> Literal["interrupt", "give_up"]:
+        """The step due now: interrupt first (the execution has timed out), then give up."""
+        if self.interrupted_at is None:
+            self.timed_out = True
+            self.interrupted_at = time.monotonic()
+            return "interrupt"
+        return "give_up"
+
+    def interrupt_now(self) -> bool:
+        """Start the grace now (runaway output); False if an interrupt was already sent."""
+        if self.interrupted_at is not None:
+            return False
+        self.interrupted_at = time.monotonic()
+        return True
+
 
 DISPLAYS = "displays"
 """The workspace folder, never bound into the sandbox, where display images are kept."""

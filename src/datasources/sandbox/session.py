@@ -32,8 +32,8 @@ import zmq.asyncio
 from datasources.config import SandboxLimits
 from datasources.sandbox.replies import (
     DISPLAYS,
-    INTERRUPT_GRACE,
     Collector,
+    Escalation,
     Execution,
     OutputBudget,
     Part,
@@ -269,18 +269,12 @@ class Session:
             return gone()
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
         collector = Collector(self.slot, self.limits.output_bytes)
-        timed_out = False
         restarted = False
-        deadline = time.monotonic() + timeout
-        interrupted_at: float | None = None
+        clock = Escalation(timeout)
         while True:
-            wait = deadline - time.monotonic()
-            if interrupted_at is not None:
-                wait = interrupted_at + INTERRUPT_GRACE - time.monotonic()
+            wait = clock.remaining()
             if wait <= 0:
-                if interrupted_at is None:
-                    timed_out = True
-                    interrupted_at = time.monotonic()
+                if clock.step() == "interrupt":
                     await self._interrupt()
                     continue
                 # The code ignored the interrupt: end the whole sandbox.
@@ -307,16 +301,15 @@ class Session:
                 continue
             if collector.add(msg):
                 break
-            if collector.runaway and interrupted_at is None:
+            if collector.runaway and clock.interrupt_now():
                 # Output without end (printing, displaying): stop it rather than read gigabytes.
-                interrupted_at = time.monotonic()
                 await self._interrupt()
         if not restarted and self.mode == "bwrap":
             strays = await asyncio.to_thread(self._reap_strays)
             if strays:
                 collector.note(f"({strays} leftover process(es) were stopped)")
         return collector.finish(
-            timeout=timeout, timed_out=timed_out, restarted=restarted, start=start
+            timeout=timeout, timed_out=clock.timed_out, restarted=restarted, start=start
         )
 
     def _death_reason(self) -> str:
