@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import secrets
-import time
 from pathlib import Path
 
 from datasources.config import GatewaySettings, SandboxLimits
@@ -202,12 +201,7 @@ class GatewayManager(SandboxManager):
 
     async def cull(self) -> int:
         """Shut down kernels idle here and in the gateway; let go of those used elsewhere."""
-        now = time.monotonic()
-        idle = [
-            key
-            for key, session in self._sessions.items()
-            if now - session.last_used > self.limits.idle_seconds and not self.lock(key).locked()
-        ]
+        idle = self._idle()
         closed = 0
         for key in idle:
             session = self._sessions.get(key)

@@ -409,14 +409,18 @@ class SandboxManager:
             await asyncio.sleep(min(30.0, self.limits.idle_seconds / 2))
             await self.cull()
 
-    async def cull(self) -> int:
-        """Close sessions idle longer than ``idle_seconds``; how many."""
+    def _idle(self) -> list[str]:
+        """Chats whose session is idle longer than ``idle_seconds`` and not in use."""
         now = time.monotonic()
-        idle = [
+        return [
             key
             for key, session in self._sessions.items()
             if now - session.last_used > self.limits.idle_seconds and not self.lock(key).locked()
         ]
+
+    async def cull(self) -> int:
+        """Close sessions idle longer than ``idle_seconds``; how many."""
+        idle = self._idle()
         for key in idle:
             logger.info("Closing the idle session of chat %s.", key)
             await self.end(key)
