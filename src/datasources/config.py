@@ -148,7 +148,8 @@ class SandboxLimits(BaseModel):
         default=None,
         ge=1,
         description="Host uid sandboxes run as when the service is root (default 2000000000; "
-        "DATASOURCES_SANDBOX_UID). A service that is not root uses its own uid.",
+        "DATASOURCES_SANDBOX_UID). A service that is not root uses its own uid in bwrap "
+        "mode; gateway kernels are always asked to run as this one, never the service's.",
     )
     gid: int | None = Field(
         default=None, ge=1, description="Host gid of sandboxes (default: the uid's number)."
