@@ -262,9 +262,11 @@ class Settings(BaseSettings):
     )
     gateway_url: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s/@]+(/\S*)?$",
+        # Scheme, host[:port] and a path only: no user:password@, no ?query or #fragment,
+        # where a token would travel into the logs that name the URL.
+        pattern=r"^https?://[^\s/@?#]+(/[^\s?#]*)?$",
         description="The kernel gateway's base URL (DATASOURCES_SANDBOX=gateway); no "
-        "credentials in it: the token goes in DATASOURCES_GATEWAY_TOKEN.",
+        "credentials, query or fragment in it: the token goes in DATASOURCES_GATEWAY_TOKEN.",
     )
     gateway_token: SecretStr | None = Field(
         default=None, description="The gateway's auth token (EG_AUTH_TOKEN on its side)."
