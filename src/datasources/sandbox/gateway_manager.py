@@ -177,12 +177,16 @@ class GatewayManager(SandboxManager):
         """
         for sub in FOLDERS:
             (workspace / sub).mkdir(parents=True, exist_ok=True)
-        outputs = workspace / "outputs"
-        if os.geteuid() == 0:
-            identity = kernel_identity(self.limits)
-            os.chown(outputs, identity.uid, identity.gid, follow_symlinks=False)
-        else:
-            os.chmod(outputs, 0o1777, follow_symlinks=False)
+        # Through a descriptor of the folder itself: a link in its place is refused.
+        fd = os.open(workspace / "outputs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if os.geteuid() == 0:
+                identity = kernel_identity(self.limits)
+                os.fchown(fd, identity.uid, identity.gid)
+            else:
+                os.fchmod(fd, 0o1777)
+        finally:
+            os.close(fd)
 
     def _kernel_env(self, workspace: Path) -> dict[str, str]:
         """What the start request tells the gateway (only ``KERNEL_*`` names pass it)."""
