@@ -176,7 +176,8 @@ class SandboxLimits(BaseModel):
         default=None,
         ge=1,
         description="Host uid sandboxes run as when the service is root (default 2000000000; "
-        "DATASOURCES_SANDBOX_UID). A service that is not root uses its own uid.",
+        "DATASOURCES_SANDBOX_UID). A service that is not root uses its own uid in bwrap "
+        "mode; gateway kernels are always asked to run as this one, never the service's.",
     )
     gid: int | None = Field(
         default=None, ge=1, description="Host gid of sandboxes (default: the uid's number)."
@@ -289,9 +290,11 @@ class Settings(BaseSettings):
     )
     gateway_url: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s/@]+(/\S*)?$",
+        # Scheme, host[:port] and a path only: no user:password@, no ?query or #fragment,
+        # where a token would travel into the logs that name the URL.
+        pattern=r"^https?://[^\s/@?#]+(/[^\s?#]*)?$",
         description="The kernel gateway's base URL (DATASOURCES_SANDBOX=gateway); no "
-        "credentials in it: the token goes in DATASOURCES_GATEWAY_TOKEN.",
+        "credentials, query or fragment in it: the token goes in DATASOURCES_GATEWAY_TOKEN.",
     )
     gateway_token: SecretStr | None = Field(
         default=None, description="The gateway's auth token (EG_AUTH_TOKEN on its side)."

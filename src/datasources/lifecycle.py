@@ -12,6 +12,11 @@ pool does. :class:`LiveConnectors` keeps one per ``(owner, source id)``:
 - **closed** when its source changes (here or, seen within ``revalidate_after``
   seconds, in another replica), is removed, or the registry closes.
 
+A borrow reads the source from the store before it takes the source's lock; a change
+that ends in between (its retirement counted in :attr:`LiveConnectors.epoch`) makes it
+read again rather than open a connector from the record it had: the old host, secrets
+or ``read_only`` never come back after a change, nor a removed source's connector.
+
 There is no second layer of pooling: concurrency is bounded by the driver's own pool
 (``Settings.pool.max_connections`` server connections per source per process).
 """
@@ -86,6 +91,12 @@ class LiveConnectors:
         """(owner, id or name) → its live connector: borrowing costs no store round trip."""
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.epoch = 0
+        """Counts retirements: read it before reading a source, pass it to :meth:`get`."""
+        self._retired: dict[tuple[str, str], int] = {}
+        """(owner, id) → the epoch of its last retirement (kept, like its lock)."""
+        self._all_retired = 0
+        """The epoch at which everything was retired (changes may have been missed)."""
 
     def cached(self, owner: str, ref: str) -> Live | None:
         """The live connector of ``ref`` if it was checked against the store lately."""
@@ -96,11 +107,20 @@ class LiveConnectors:
             return None
         return live
 
-    async def get(self, record: StoredSource, ref: str, build: Builder) -> Live:
-        """The live connector of ``record``, opened now if it has none or an outdated one."""
+    async def get(
+        self, record: StoredSource, ref: str, build: Builder, *, seen: int
+    ) -> Live | None:
+        """The live connector of ``record``, opened now if it has none or an outdated one.
+
+        ``seen`` is :attr:`epoch` as it was before ``record`` was read. None when the
+        source was retired since (changed or removed): ``record`` may predate that, so
+        the caller reads the store again.
+        """
         key = (record.owner, record.id)
-        now = asyncio.get_running_loop().time()
         async with self._lock(key):
+            if max(self._retired.get(key, 0), self._all_retired) > seen:
+                return None
+            now = asyncio.get_running_loop().time()
             live = self._live.get(key)
             if live is not None and (
                 live.updated_at != record.updated_at or not live.connector.connected
@@ -141,10 +161,19 @@ class LiveConnectors:
         """The source changed or went: close its connector (after its borrowers are done)."""
         key = (owner, source_id)
         async with self._lock(key):
+            self.epoch += 1
+            self._retired[key] = self.epoch  # a borrow that read the source before: again
             live = self._live.get(key)
             closing = self._retire(live) if live is not None else None
         if closing is not None:
             await closing
+
+    def retire_all(self) -> None:
+        """Count every source as retired now (changes may have been missed): borrows that
+        read a source before this read it again. Live connectors are retired one by one
+        with :meth:`retire`."""
+        self.epoch += 1
+        self._all_retired = self.epoch
 
     def live_keys(self) -> list[tuple[str, str]]:
         """(owner, source id) of every live connector."""

@@ -27,6 +27,7 @@ from typing import Any, Self
 from datasources.config import PoolSettings, Settings
 from datasources.connectors.base import BaseConnector
 from datasources.credentials import CredentialManager
+from datasources.errors import UnavailableError
 from datasources.lifecycle import Live, PoolStats
 from datasources.netpolicy import OutboundPolicy
 from datasources.sources.connector_types import ENTRY_POINT_GROUP
@@ -37,6 +38,9 @@ from datasources.store import Store, StoredSource
 __all__ = ["ENTRY_POINT_GROUP", "ConnectorLease", "DataSourceRegistry"]
 
 logger = logging.getLogger(__name__)
+
+_READ_ATTEMPTS = 5
+"""Reads of a source that keeps changing while its connector opens, before giving up."""
 
 
 class ConnectorLease:
@@ -191,13 +195,24 @@ class DataSourceRegistry(SourceCrud):
         return ConnectorLease(self, ref)
 
     async def _live(self, ref: str) -> Live:
-        live = self._shared.live.cached(self.owner, ref)
+        lives = self._shared.live
+        live = lives.cached(self.owner, ref)
         if live is not None:
             # Borrowing must not cost a store round trip; other replicas' changes are
             # picked up within revalidate_after seconds.
             return live
-        record = await self._resolve(ref)
-        return await self._shared.live.get(record, ref, self._open_live)
+        for _ in range(_READ_ATTEMPTS):
+            seen = lives.epoch
+            record = await self._resolve(ref)
+            live = await lives.get(record, ref, self._open_live, seen=seen)
+            if live is not None:
+                return live
+            # The source changed (or went) after it was read: read it again.
+        raise UnavailableError(
+            f"Data source {ref!r} changed {_READ_ATTEMPTS} times while it was being opened; "
+            "try again.",
+            details={"source": ref},
+        )
 
     async def _shared_connector(self, ref: str) -> BaseConnector[Any]:
         live = await self._live(ref)
@@ -214,6 +229,7 @@ class DataSourceRegistry(SourceCrud):
     async def forget_all_sources(self) -> None:
         """:meth:`forget_source` for every source of every owner (news may have been lost)."""
         shared = self._shared
+        shared.live.retire_all()
         keys = shared.live.live_keys()
         for owner in set(shared.listings) | set(shared.refreshing) | {o for o, _ in keys}:
             self.scoped(owner)._forget_listing()

@@ -205,13 +205,13 @@ class AtomicFile:
         self._md5 = hashlib.md5(usedforsecurity=False) if expected_md5 is not None else None
         self._sha256 = hashlib.sha256()
         self._lock = threading.Lock()
-        target.parent.mkdir(parents=True, exist_ok=True)
         directory = tmp_dir or target.parent
-        directory.mkdir(parents=True, exist_ok=True)
         self.tmp_path = directory / f".{secrets.token_hex(8)}.part"
         # Read access too: positional transfers hash pieces back from the page cache.
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        with _disk_full_is_a_limit():  # no inode left is a full disk too
+        with _disk_full_is_a_limit():  # no inode left (for a folder or the file) is a full disk
+            target.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
             self._fd: int | None = os.open(self.tmp_path, flags, 0o644)
         self.sha256: str | None = None
         self.md5: bytes | None = None

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import kubernetes_validate
 import pytest
 import yaml
@@ -68,8 +69,6 @@ def configmap_data(name: str) -> dict[str, str]:
 
 def render_kernel_pod(**keywords: Any) -> dict[str, Any]:
     """The kernel pod as Enterprise Gateway's launch_kubernetes.py renders it."""
-    import jinja2
-
     environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
     template = environment.from_string(
         configmap_data("datasources-kernelspec")["kernel-pod.yaml.j2"]
@@ -82,7 +81,10 @@ KERNEL_KEYWORDS = {
     "kernel_namespace": "datasources",
     "kernel_id": "0f3c2b1a-1111-2222-3333-444455556666",
     "kernel_image": "registry.example.com/datasources/kernel-py:0.1.0",
-    "kernel_working_dir": "/workspaces/o_1/c_2",
+    "kernel_working_dir": "/workspaces/0123456789abcdef01234567",
+    # What the service asks for (KERNEL_UID/KERNEL_GID, yaml-loaded by the launcher).
+    "kernel_uid": 2000000000,
+    "kernel_gid": 2000000000,
 }
 
 
@@ -269,25 +271,56 @@ def test_kernel_pods_have_no_token_no_secrets_and_the_chat_folder_as_working_dir
     kubernetes_validate.validate(without_dir, K8S_VERSIONS[-1], strict=True)
 
 
-def test_kernels_mount_the_workspace_volume_where_the_api_does() -> None:
+def workspace_mounts(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The mounts of the workspaces claim in a pod (empty when it has none)."""
+    (claim,) = by_kind("PersistentVolumeClaim")
+    volumes = {
+        v["name"]
+        for v in spec.get("volumes", [])
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+    }
+    return [m for c in containers(spec) for m in c.get("volumeMounts", []) if m["name"] in volumes]
+
+
+def test_kernels_mount_only_their_own_chat_folder_where_the_api_sees_it() -> None:
+    """A kernel pod that mounted the whole claim could read and write every chat of every
+    owner, and plant ``.kernels/<chat>`` records that make another chat's next turn run in
+    its kernel: it mounts its chat's folder only (``subPath``), at the API's path."""
     (claim,) = by_kind("PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     workspaces = configmap_data("datasources-api")["DATASOURCES_WORKSPACES_DIR"]
-
-    def mount_of(spec: dict[str, Any]) -> str:
-        volume = next(
-            v["name"]
-            for v in spec["volumes"]
-            if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
-        )
-        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume]
-        return str(mount["mountPath"])
-
     api = named("Deployment", "datasources-api")["spec"]["template"]["spec"]
-    kernel = render_kernel_pod(**KERNEL_KEYWORDS)["spec"]
-    assert mount_of(api) == mount_of(kernel) == workspaces
-    # Same group on both sides: files one writes, the other can read.
-    assert api["securityContext"]["fsGroup"] == kernel["securityContext"]["fsGroup"]
+    (api_mount,) = workspace_mounts(api)
+    assert api_mount["mountPath"] == workspaces and "subPath" not in api_mount
+    chat = str(KERNEL_KEYWORDS["kernel_working_dir"])
+    (mount,) = workspace_mounts(render_kernel_pod(**KERNEL_KEYWORDS)["spec"])
+    assert mount["mountPath"] == chat
+    assert mount.get("subPath") == chat.removeprefix(f"{workspaces}/")
+    assert "subPathExpr" not in mount
+    # No working folder named: no workspace at all (never the whole claim).
+    bare = render_kernel_pod(**{**KERNEL_KEYWORDS, "kernel_working_dir": None})
+    assert workspace_mounts(bare["spec"]) == []
+    kubernetes_validate.validate(bare, K8S_VERSIONS[-1], strict=True)
+
+
+def test_kernels_run_as_the_identity_the_service_asks_for_never_the_apis() -> None:
+    """The API owns ``data/``, the manifests, ``displays/`` and ``.kernels/``; a kernel with
+    its uid or one of its groups could rewrite them (and plant links the API follows). The
+    kernel runs as KERNEL_UID/KERNEL_GID from the service, in no group of the API's."""
+    api = named("Deployment", "datasources-api")["spec"]["template"]["spec"]["securityContext"]
+    api_ids = {api["runAsUser"]}
+    api_groups = {api["runAsGroup"], api.get("fsGroup"), *api.get("supplementalGroups", [])}
+    pod = render_kernel_pod(**{**KERNEL_KEYWORDS, "kernel_uid": 2345, "kernel_gid": 2346})
+    kernel = pod["spec"]["securityContext"]
+    assert (kernel["runAsUser"], kernel["runAsGroup"]) == (2345, 2346)
+    assert kernel["runAsNonRoot"] is True
+    groups = {kernel["runAsGroup"], kernel.get("fsGroup"), *kernel.get("supplementalGroups", [])}
+    assert kernel["runAsUser"] not in api_ids
+    assert not (groups - {None}) & (api_groups - {None}), "a kernel shares a group of the API's"
+    # A start request without an identity renders no pod at all (the launcher fails).
+    unset = {k: v for k, v in KERNEL_KEYWORDS.items() if k not in ("kernel_uid", "kernel_gid")}
+    with pytest.raises(jinja2.UndefinedError):
+        render_kernel_pod(**unset)
 
 
 def test_kernel_egress_is_denied_but_for_the_gateway_response_port() -> None:

@@ -98,3 +98,37 @@ async def test_a_manifest_append_on_a_full_disk_keeps_no_file_and_no_torn_line(
     async with workspace.writer("third.csv", provenance=PROVENANCE) as out:
         await out.write(b"t\n")
     assert set(Workspace(small_disk / "ws").manifest()) == {"first.csv", "third.csv"}
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs as root: the full-disk tests need to mount a tmpfs")
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={64 * PAGE},nr_inodes=32", "tmpfs",
+                    str(mount)], check=True)  # fmt: skip
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_new_folder_on_a_disk_without_inodes_is_a_limit(few_inodes: Path) -> None:
+    """Found by review: the target's folder was made outside the full-disk guard, so a
+    fetch into a new folder (``sub/x.csv``) on a filesystem out of inodes (which sandboxed
+    code can cause with empty files) was a raw ``ENOSPC``, a 500."""
+    workspace = Workspace(few_inodes / "ws")
+    n = 0
+    with pytest.raises(OSError) as full:
+        while True:  # use up every inode, as code in the sandbox can
+            (few_inodes / f"empty-{n}").touch()
+            n += 1
+    assert full.value.errno == errno.ENOSPC
+    with pytest.raises(LimitExceededError) as caught:
+        async with workspace.writer("sub/x.csv", provenance=PROVENANCE) as out:
+            await out.write(b"x\n")
+    assert caught.value.details == {"reason": "disk_full"}
+    assert not (few_inodes / "ws" / "sub").exists()

@@ -65,8 +65,8 @@ def _decode(frame: str | bytes) -> dict[str, Any] | None:
             end = offsets[1] if count > 1 else len(frame)
             frame = frame[offsets[0] : end].decode("utf-8")
         msg = json.loads(frame)
-    except (ValueError, struct.error, IndexError):
-        return None
+    except (ValueError, struct.error, IndexError, RecursionError):
+        return None  # not JSON, or nested deeper than the decoder goes: not a message
     return msg if isinstance(msg, dict) else None
 
 

@@ -33,13 +33,41 @@ from datasources.sandbox.gateway import GatewaySession
 from datasources.sandbox.gateway_client import GatewayClient
 from datasources.sandbox.manager import KernelSession, SandboxManager
 from datasources.sandbox.replies import max_message_bytes
-from datasources.sandbox.runtime import SandboxUnavailableError, sandbox_identity
+from datasources.sandbox.runtime import DEFAULT_SANDBOX_ID, Identity, SandboxUnavailableError
 
 __all__ = ["GatewayManager", "KernelRecords"]
 
 logger = logging.getLogger(__name__)
 
 _RECORDED = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+def kernel_identity(limits: SandboxLimits) -> Identity:
+    """The uid and gid a chat's kernel is asked to run as (``KERNEL_UID``/``KERNEL_GID``).
+
+    The configured sandbox identity, else 2000000000, *whether or not the service runs as
+    root*: never root, and never the service's own uid or one of its groups. A kernel with
+    the service's identity would own what the service owns on the shared workspace volume
+    (``data/``, the manifests, ``displays/``, the kernel records of ``.kernels/``), so
+    that code in one chat could make another chat's next turn attach to its kernel.
+
+    Raises:
+        SandboxUnavailableError: the identity is root's or the service's.
+    """
+    uid = DEFAULT_SANDBOX_ID if limits.uid is None else limits.uid
+    gid = uid if limits.gid is None else limits.gid
+    if 0 in (uid, gid):
+        raise SandboxUnavailableError(
+            "Kernels cannot run as root: set DATASOURCES_SANDBOX_UID and "
+            "DATASOURCES_SANDBOX_GID to an unprivileged uid and gid."
+        )
+    if uid == os.getuid() or gid in {os.getgid(), *os.getgroups()}:
+        raise SandboxUnavailableError(
+            "Kernels cannot run as the service's own user or group (they would own its "
+            "files on the workspace volume): set DATASOURCES_SANDBOX_UID and "
+            "DATASOURCES_SANDBOX_GID to a uid and gid of their own."
+        )
+    return Identity(uid, gid)
 
 
 class KernelRecords:
@@ -98,6 +126,10 @@ class GatewayManager(SandboxManager):
     def problem(self) -> str | None:
         if self.gateway is None:
             return "DATASOURCES_SANDBOX=gateway needs DATASOURCES_GATEWAY_URL"
+        try:
+            kernel_identity(self.limits)
+        except SandboxUnavailableError as exc:
+            return exc.message.rstrip(".")
         return None
 
     def require(self) -> None:
@@ -135,16 +167,29 @@ class GatewayManager(SandboxManager):
 
     def _ready(self, workspace: Path) -> None:
         """The chat's folders, as the kernel needs them: ``data/`` readable, ``outputs/``
-        its own to write, everything else (``displays/``, the manifest) the service's."""
+        its own to write, everything else (``displays/``, the manifest) the service's.
+
+        A service that is root gives ``outputs/`` to the kernel's identity. One that is not
+        cannot, and opens that folder alone to every uid (sticky: nobody removes another's
+        files); only the chat's own kernel reaches it when kernels mount just their chat's
+        folder, as they must (docs/security.md, deploy/base).
+        """
         for sub in FOLDERS:
             (workspace / sub).mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            identity = sandbox_identity(self.limits)
-            os.chown(workspace / "outputs", identity.uid, identity.gid)
+        # Through a descriptor of the folder itself: a link in its place is refused.
+        fd = os.open(workspace / "outputs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if os.geteuid() == 0:
+                identity = kernel_identity(self.limits)
+                os.fchown(fd, identity.uid, identity.gid)
+            else:
+                os.fchmod(fd, 0o1777)
+        finally:
+            os.close(fd)
 
     def _kernel_env(self, workspace: Path) -> dict[str, str]:
         """What the start request tells the gateway (only ``KERNEL_*`` names pass it)."""
-        identity = sandbox_identity(self.limits)
+        identity = kernel_identity(self.limits)
         return {
             "KERNEL_WORKING_DIR": str(workspace),
             # Enterprise Gateway runs container kernels as this uid and gid, and refuses 0.

@@ -138,7 +138,11 @@ class Collector:
     def add(self, msg: dict[str, Any]) -> bool:
         """Take one iopub message of this execution; True once the kernel is idle again."""
         kind = msg.get("msg_type")
-        content = msg.get("content") or {}
+        content = msg.get("content")
+        if not isinstance(content, dict):
+            # The code holds the kernel's key and can publish anything: a message without
+            # an object for content is none the kernel sends, and is dropped.
+            return False
         if kind == "status":
             return content.get("execution_state") == "idle"
         budget = self.budget

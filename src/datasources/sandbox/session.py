@@ -297,8 +297,9 @@ class Session:
                     await self.close()
                     break
                 continue
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
+            parent = msg.get("parent_header")
+            if not isinstance(parent, dict) or parent.get("msg_id") != msg_id:
+                continue  # another request's, or forged by the code without a header
             if collector.add(msg):
                 break
             if collector.runaway and clock.interrupt_now():

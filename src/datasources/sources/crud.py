@@ -196,9 +196,10 @@ class SourceCrud(SourceListings):
     async def remove_data_source(self, ref: str) -> None:
         """Delete a source and close its connector (after its borrowers are done)."""
         record = await self._resolve(ref)
-        await self._shared.live.retire(self.owner, record.id)
         await self._shared.store.delete(self.owner, record.id)
         self._forget_listing()
+        # After the delete: a borrow that read the source before it reads it again.
+        await self._shared.live.retire(self.owner, record.id)
         logger.info("Removed data source %r.", record.id)
 
     async def test_data_source(self, ref: str) -> ConnectionStatus:
