@@ -139,13 +139,17 @@ def _json_array(values: pa.Array) -> pa.Array:
     return pa.ExtensionArray.from_storage(pa.json_(), values.cast(pa.string()))
 
 
+class ConversionError(ValueError):
+    """A column the Parquet export cannot map; its message names the column, never a value."""
+
+
 def _list_converter(element: pa.DataType, name: str) -> Callable[[pa.Array], pa.Array]:
     def convert(values: pa.Array) -> pa.Array:
         rows = [None if v is None else json.loads(v) for v in values.to_pylist()]
         try:
             return pa.array(rows, pa.list_(element))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-            raise ValueError(
+            raise ConversionError(
                 f"Column {name!r} holds a multi-dimensional or mixed array, which the Parquet "
                 "export maps only for one-dimensional arrays; cast it to text or json."
             ) from exc

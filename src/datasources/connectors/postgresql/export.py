@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from datasources.connectors.postgresql.arrow import (
     EXPORT_SETTINGS,
     ChunkPipe,
     ColumnPlan,
+    ConversionError,
     ReaderGone,
     copy_select,
     csv_to_parquet,
@@ -340,7 +342,16 @@ class PgExports(PgProfiles):
             raise
         try:
             await convert
-        except (pa.ArrowInvalid, ValueError) as exc:
+        except ConversionError as exc:
             raise InvalidInputError(f"The result could not be written as Parquet: {exc}") from None
+        except (pa.ArrowInvalid, ValueError) as exc:
+            # Arrow's text quotes the value it could not convert: the log's, at debug only.
+            logging.getLogger("datasources.connectors.postgresql").debug(
+                "Parquet conversion failed: %s", exc
+            )
+            raise InvalidInputError(
+                "The result could not be written as Parquet: a value does not fit its "
+                "column's type; cast that column to text."
+            ) from None
         if progress is not None:
             progress(received, None)
