@@ -373,8 +373,15 @@ class GatewaySession:
             return
         try:
             if await self.client.restart(self.kernel_id):
-                # The next turn's request must find the new kernel listening, not be lost
-                # while it starts (a loaded machine takes seconds to import the stack).
+                # A fresh channel to the new kernel (the old one may still be wired to the
+                # ended process's sockets), and the next turn's request must find the
+                # kernel listening, not be lost while it starts.
+                await self._disconnect()
+                try:
+                    await self._connect()
+                except KernelGone:
+                    self._dead = True
+                    return
                 await self._settle()
                 return
         except SandboxUnavailableError as exc:
