@@ -187,7 +187,17 @@ async def test_briefs_state_images_and_files(chat_api: Api) -> None:
         response = await api.request("GET", f"{CHATS}/{chat}/files/{bad}")
         assert response.status_code in (400, 404), bad
     history = (await api.request("GET", f"{CHATS}/{chat}/messages")).json()["items"]
-    assert [m["role"] for m in history] == ["user", "assistant"]
+    # Each /execute is in the history like a message: its code, then its output.
+    assert [m["role"] for m in history] == ["user", "assistant"] + ["execution"] * 4
+    assert history[3]["parts"] == [
+        {"type": "code", "text": "x * 2 + 2"},
+        {"type": "result", "text": "42"},
+    ]
+    assert history[4]["parts"][0]["text"].startswith("import matplotlib")
+    assert image in history[4]["parts"]
+    # What a model is told of the chat leaves them out (their output is the data's).
+    told = await api.app.state.chats.history(chat)
+    assert "42" not in str(told) and "x * 2" not in str(told)
     help_text = await _say(api, chat, "hello")
     assert "```python" in help_text["reply"]["parts"][0]["text"]
 

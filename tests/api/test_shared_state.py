@@ -225,6 +225,42 @@ async def test_a_rate_limit_is_global_across_replicas(
         assert 50 <= int(refused.headers["Retry-After"]) <= 60
 
 
+async def test_failed_sign_ins_on_two_replicas_lock_the_name_on_both(
+    tmp_path: Path, postgres_database: str, redis_url: str, redis_prefix: str
+) -> None:
+    """The login limiter is global: five failures split across the replicas lock the name
+    out on each of them (a limiter per process would allow five per replica)."""
+    async with two_replicas(
+        tmp_path, postgres_database, redis_url=redis_url, redis_prefix=redis_prefix
+    ) as r:
+        await r.app_a.state.users.create("alice", "correct horse battery", owner=r.key.owner)
+
+        async def sign_in(client: httpx.AsyncClient, password: str) -> httpx.Response:
+            origin = str(client.base_url).rstrip("/")
+            data = {"name": "alice", "password": password}
+            return await client.post("/login", data=data, headers={"Origin": origin})
+
+        statuses = [
+            (await sign_in(client, f"wrong password {n}")).status_code
+            for n, client in enumerate((r.a, r.b, r.a, r.b, r.a))
+        ]
+        assert statuses == [401] * 5
+        for client in (r.a, r.b):
+            locked = await sign_in(client, "correct horse battery")  # even the right one
+            assert locked.status_code == 429
+            assert 1 <= int(locked.headers["Retry-After"]) <= 15 * 60
+            assert "set-cookie" not in locked.headers
+        # The buckets are in Redis under the test's prefix, named by digests only.
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_url)
+        try:
+            keys = [k.decode() async for k in redis.scan_iter(f"{redis_prefix}ratelimit:login:*")]
+        finally:
+            await redis.aclose()
+        assert keys and not any("alice" in k or "127.0.0.1" in k for k in keys)
+
+
 # -- SQLite store (several workers on one machine): Redis carries the news ------------------
 
 

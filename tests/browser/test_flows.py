@@ -191,6 +191,31 @@ def test_chat_with_code_that_draws_a_chart(
     assert watched.errors == [] and watched.csp_violations() == []
 
 
+def test_code_run_again_is_in_the_history_after_a_reload(
+    workbench: Workbench, watched: Watched
+) -> None:
+    page = watched.page
+    sign_in(page, workbench.url)
+    page.fill("#new-chat-title", "Runs")
+    page.click("button:text('Start a chat')")
+    page.wait_for_selector("h1:text-is('Runs')")
+    code = "n = globals().get('n', 0) + 1\nprint(f'run {n}')"
+    page.fill("#composer", f"```python\n{code}\n```")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("article.assistant >> text=Done.", timeout=120_000)
+    page.wait_for_selector("pre.part-stdout:text('run 1')")
+    page.click("article.assistant button:text('Run again')")
+    page.wait_for_selector("pre.part-stdout:text('run 2')", timeout=120_000)
+    page.reload()
+    # The run is a message of the history: its cell and its output come back.
+    run = page.wait_for_selector("article.execution")
+    assert "code run" in run.inner_text().lower()
+    assert run.query_selector("pre code") is not None
+    assert "globals().get('n', 0)" in run.query_selector("pre code").inner_text()
+    assert run.query_selector("pre.part-stdout:text('run 2')") is not None
+    assert watched.errors == [] and watched.csp_violations() == []
+
+
 def test_the_composer_completes_sources_then_paths(workbench: Workbench, watched: Watched) -> None:
     import httpx
 

@@ -403,11 +403,18 @@ def test_serve_demo_starts_the_service_with_a_key(home: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(4)]
+        lines = [proc.stdout.readline() for _ in range(9)]
         key = lines[3].strip()
         assert key.startswith("dsk_"), lines
         assert "Local folders allowed under" in lines[1] and str(home / "demo") in lines[1]
         base = f"http://127.0.0.1:{port}"
+        # The workbench and the demo user's first sign-in, with the password in a file.
+        password_file = home / "demo.password"
+        assert lines[8].strip() == (
+            f"Workbench: open {base}/ and sign in as demo with the password in {password_file}"
+        ), lines
+        password = password_file.read_text().strip()
+        assert password not in "".join(lines)
         for _ in range(200):
             try:
                 if httpx.get(f"{base}/healthz").status_code == 200:
@@ -420,10 +427,16 @@ def test_serve_demo_starts_the_service_with_a_key(home: Path) -> None:
             f"{base}/api/v1/datasources/samples/items", headers={"Authorization": f"Bearer {key}"}
         )
         assert "sales.csv" in {i["path"] for i in items.json()["items"]}
+        with httpx.Client(base_url=base, headers={"Origin": base}) as browser:
+            signed = browser.post("/login", data={"name": "demo", "password": password})
+            assert signed.status_code == 303, signed.text
+            mine = browser.get("/api/v1/datasources")
+            assert [s["id"] for s in mine.json()["items"]] == ["samples"]  # the key's owner
     finally:
         proc.terminate()
         _out, err = proc.communicate(timeout=15)
     assert key not in err  # the access log names key ids, never keys
+    assert password not in err
     assert '"event": "request"' in err
 
 

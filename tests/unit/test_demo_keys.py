@@ -8,8 +8,9 @@ import stat
 from pathlib import Path
 
 from datasources import DataSourceRegistry, Settings
-from datasources.cli.serve import prepare_demo
+from datasources.cli.serve import DemoUser, prepare_demo, prepare_demo_user
 from datasources.keys import ApiKeys
+from datasources.users import Users
 
 
 async def _live(settings: Settings, *keys: str) -> list[bool]:
@@ -55,3 +56,54 @@ async def test_the_demo_key_is_kept_across_runs_until_a_new_one_is_asked_for(
     for key in (first, fresh, replaced, other.key):
         assert key.encode() not in stored  # the store keeps only a hash of each key
         assert key.split("_", 1)[1].encode() not in stored
+
+
+async def test_the_demo_user_signs_in_with_the_kept_password(tmp_path: Path) -> None:
+    """``serve --demo``'s workbench user: made once for the demo owner, its random password
+    kept 0600 in ``<home>/demo.password`` across runs, replaced when the file is lost or
+    others can read it, and never in the store."""
+    settings = Settings(home=tmp_path / "home")
+    await prepare_demo(settings)
+    user = await prepare_demo_user(settings)
+    kept = settings.home / "demo.password"
+    assert user == DemoUser("demo", kept)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    password = kept.read_text().strip()
+    assert len(password) >= 20
+
+    async def signs_in(secret: str) -> str | None:
+        async with DataSourceRegistry.from_settings(settings) as registry:
+            found = await Users(registry.store).verify("demo", secret)
+            return found.owner if found else None
+
+    assert await signs_in(password) == settings.owner  # sees what the demo key sees
+    await prepare_demo_user(settings)
+    assert kept.read_text().strip() == password  # kept across runs
+
+    kept.unlink()
+    await prepare_demo_user(settings)
+    fresh = kept.read_text().strip()
+    assert fresh != password
+    assert [await signs_in(password), await signs_in(fresh)] == [None, settings.owner]
+    kept.chmod(0o644)
+    await prepare_demo_user(settings)
+    assert kept.read_text().strip() != fresh and stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+    # A disabled demo user stays disabled; the banner says so.
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        await Users(registry.store).disable("demo")
+        assert len(await Users(registry.store).list_users()) == 1
+    assert (await prepare_demo_user(settings)).disabled
+    stored = b"".join(p.read_bytes() for p in settings.home.glob("datasources.db*"))
+    assert kept.read_text().strip().encode() not in stored
+
+
+async def test_a_demo_user_of_another_owner_is_left_alone(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    await prepare_demo(settings)
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        await Users(registry.store).create("demo", "someone's own password")
+    user = await prepare_demo_user(settings)
+    assert user.password_file is None and not (settings.home / "demo.password").exists()
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        assert await Users(registry.store).verify("demo", "someone's own password") is not None

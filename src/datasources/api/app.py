@@ -141,9 +141,7 @@ def create_app(
     # Rate limits and cache invalidation: per process, or shared through Redis/PostgreSQL.
     shared = app.state.shared = SharedState(settings)
     app.state.limiter = shared.limiter
-    app.state.login_limiter = LoginLimiter(
-        settings.api.login_max_failures, settings.api.login_window_seconds
-    )
+    app.state.login_limiter = LoginLimiter.from_settings(shared, settings.api)
     install_error_handlers(app)
     install_docs(app)
     install_web(app)

@@ -14,9 +14,8 @@ path ``/``. It authorises the page's own calls to ``/api/v1`` and nothing else:
 
 from __future__ import annotations
 
+import hashlib
 import math
-import time
-from collections import deque
 from datetime import datetime
 
 from starlette.requests import Request
@@ -24,6 +23,8 @@ from starlette.responses import Response
 
 from datasources.api.errors import ApiError
 from datasources.config import ApiSettings
+from datasources.shared import SharedState
+from datasources.shared.ratelimit import Rate, RateLimiter
 from datasources.websessions import SignedIn, WebSessions
 
 __all__ = [
@@ -127,61 +128,52 @@ def check_browser_request(request: Request, session: SignedIn, api: ApiSettings)
 
 
 class LoginLimiter:
-    """Failed sign-ins per user name and per client address, in a sliding window.
+    """Failed sign-ins per user name and per client address, in token buckets.
 
-    After ``max_failures`` failures for one name, or from one address, within ``window``
-    seconds, further attempts are refused until the oldest failure leaves the window.
-    Kept in each process, like the API rate limiter: with N workers an attacker gets up
-    to N times the attempts, each costing an argon2 verification.
+    Each name and each address has a bucket of ``max_failures`` that a failure spends and
+    that refills over ``window`` seconds: after ``max_failures`` failures for one name, or
+    from one address, within the window, further attempts are refused until a token is
+    back (``window / max_failures`` seconds at most). The buckets live in ``limiter``, the
+    shared rate-limit interface: in this process, or in Redis when
+    ``DATASOURCES_REDIS_URL`` is set, so that replicas and workers count together and an
+    attacker does not get N times the attempts from N replicas.
     """
 
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    @classmethod
+    def from_settings(cls, shared: SharedState, api: ApiSettings) -> LoginLimiter:
+        """The login limiter of ``api``'s settings, on ``shared``'s rate-limit backend."""
+        rate = Rate.every(api.login_max_failures, seconds=api.login_window_seconds)
+        return cls(shared.rate_limiter(rate, name="login"))
 
     @staticmethod
     def _keys(name: str, address: str | None) -> list[str]:
-        keys = [f"n:{name.strip().lower()[:200]}"]
+        # Hashed: a name someone typed (or a password typed into the name field) is
+        # never a Redis key in clear.
+        keys = ["n:" + _digest(name.strip().lower()[:200])]
         if address:
-            keys.append(f"a:{address}")
+            keys.append("a:" + _digest(address))
         return keys
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
-
-    def retry_after(self, name: str, address: str | None) -> int | None:
+    async def retry_after(self, name: str, address: str | None) -> int | None:
         """Seconds to wait before this name or address may try again; None: go ahead."""
-        now = time.monotonic()
-        waits = []
-        for key in self._keys(name, address):
-            times = self._recent(key, now)
-            if len(times) >= self.max_failures:
-                waits.append(times[-self.max_failures] + self.window - now)
+        waits = [w for k in self._keys(name, address) if (w := await self._limiter.peek(k))]
         return max(1, math.ceil(max(waits))) if waits else None
 
-    def failed(self, name: str, address: str | None) -> None:
+    async def failed(self, name: str, address: str | None) -> None:
         """Count a failure against the name and the address."""
-        now = time.monotonic()
-        if len(self._failures) > 100_000:
-            for key in list(self._failures):
-                self._recent(key, now)
-            if len(self._failures) > 100_000:
-                self._failures.clear()
         for key in self._keys(name, address):
-            times = self._failures.setdefault(key, deque(maxlen=self.max_failures * 4))
-            times.append(now)
+            await self._limiter.take(key)
 
-    def succeeded(self, name: str) -> None:
+    async def succeeded(self, name: str) -> None:
         """A correct sign-in clears the name's failures (never the address's)."""
-        self._failures.pop(self._keys(name, None)[0], None)
+        await self._limiter.reset(self._keys(name, None)[0])
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def cookie_max_age(expires_at: datetime, now: datetime) -> int:

@@ -185,7 +185,13 @@ class ChatService:
     async def execute(
         self, owner: str, chat_id: str, code: str, *, timeout: float | None = None
     ) -> Execution:
-        """Run code in the chat's session (state persists across calls)."""
+        """Run code in the chat's session (state persists across calls).
+
+        The run is recorded in the chat's history as a message of role ``execution``
+        (its code as the first part, then the output), so a reload shows it. It is not
+        part of what a model is told of the chat (:meth:`history`): its output is numbers
+        code chose, maybe from data the model must not see.
+        """
         chat = await self.get_chat(owner, chat_id)
         limit = self.settings.sandbox_limits.timeout
         async with self.sandboxes.lock(chat.id):
@@ -193,6 +199,18 @@ class ChatService:
                 chat.id, self.workspace_dir(chat.id), owner=chat.owner
             )
             result = await session.execute(code, timeout=min(timeout or limit, 3600))
+            parts = [Part(type="code", text=code), *result.parts]
+            await self.registry.store.add_message(
+                StoredMessage(
+                    id=_message_id(),
+                    chat_id=chat.id,
+                    role="execution",
+                    content="",
+                    refs=[],
+                    parts=[p.model_dump(exclude_none=True) for p in parts],
+                    created_at=datetime.now(UTC),
+                )
+            )
         await self.registry.store.touch_chat(chat.id, datetime.now(UTC))
         return result
 
@@ -266,7 +284,7 @@ class ChatService:
         for message in stored[-21:-1]:  # the newest is the message being answered
             if message.role == "user":
                 history.append({"role": "user", "content": message.content})
-            else:
+            elif message.role == "assistant":
                 # Only the model's own words: its answer is the last part of a reply. Other
                 # text parts are the sandbox session's notes ("N leftover processes were
                 # stopped", "M more bytes"), numbers code chose, maybe from data the model

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +20,11 @@ from datasources.errors import NotFoundError
 from datasources.keys import ApiKeys
 from datasources.models import DataSourceConfig
 from datasources.registry import DataSourceRegistry
+from datasources.users import Users
 
-__all__ = ["prepare_demo", "serve"]
+__all__ = ["DEMO_USER", "DemoUser", "prepare_demo", "prepare_demo_user", "serve"]
+
+DEMO_USER = "demo"
 
 
 async def prepare_demo(settings: Settings, *, new_key: bool = False) -> str:
@@ -48,7 +53,7 @@ async def prepare_demo(settings: Settings, *, new_key: bool = False) -> str:
         keys = ApiKeys(registry.store, cache_seconds=0)
         kept_file = settings.home / "demo.key"
         if not new_key:
-            kept = await asyncio.to_thread(_read_demo_key, kept_file)
+            kept = await asyncio.to_thread(_read_private, kept_file)
             if kept is not None and await keys.authenticate(kept) is not None:
                 return kept
         for old in await keys.list_keys(owner=settings.owner):
@@ -59,7 +64,55 @@ async def prepare_demo(settings: Settings, *, new_key: bool = False) -> str:
         return created.key
 
 
-def _read_demo_key(path: Path) -> str | None:
+@dataclass(frozen=True)
+class DemoUser:
+    """The workbench's demo user as ``serve --demo`` left it.
+
+    Attributes:
+        name: The sign-in name (``demo``).
+        password_file: Where its password is kept (0600), or None when the demo does not
+            know the password (a ``demo`` user someone made for another owner).
+        disabled: Whether the operator disabled it (left so; the banner says how to undo).
+    """
+
+    name: str
+    password_file: Path | None
+    disabled: bool = False
+
+
+async def prepare_demo_user(settings: Settings) -> DemoUser:
+    """The workbench's demo user for the demo owner, its password kept in a 0600 file.
+
+    Made once and kept across runs, like the demo key: the random password is written to
+    ``<home>/demo.password`` and never printed or logged, so the banner names the file
+    rather than the secret. A missing, unreadable, others-readable or no longer matching
+    file gets a new password (the old one's sessions end). Call it after
+    :func:`prepare_demo`, whose key makes the demo owner exist. A ``demo`` user that
+    someone made for another owner, or disabled, is left alone.
+    """
+    kept_file = settings.home / "demo.password"
+    async with DataSourceRegistry.from_settings(settings) as registry:
+        users = Users(registry.store)
+        try:
+            user = await users.get(DEMO_USER)
+        except NotFoundError:
+            password = secrets.token_urlsafe(18)
+            await asyncio.to_thread(_write_private, kept_file, password + "\n")
+            await users.create(DEMO_USER, password, owner=settings.owner)
+            return DemoUser(DEMO_USER, kept_file)
+        if user.owner != settings.owner:
+            return DemoUser(DEMO_USER, None, disabled=not user.active)
+        if not user.active:
+            return DemoUser(DEMO_USER, kept_file, disabled=True)
+        kept = await asyncio.to_thread(_read_private, kept_file)
+        if kept is None or await users.verify(DEMO_USER, kept) is None:
+            password = secrets.token_urlsafe(18)
+            await asyncio.to_thread(_write_private, kept_file, password + "\n")
+            await users.set_password(user.id, password)
+        return DemoUser(DEMO_USER, kept_file)
+
+
+def _read_private(path: Path) -> str | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -83,6 +136,23 @@ def _write_private(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def _workbench_line(base: str, user: DemoUser) -> str:
+    if user.password_file is None:
+        return (
+            f"Workbench: open {base}/ and sign in as a user of yours (the user {user.name!r} "
+            "belongs to another owner; datasources users create NAME makes one)."
+        )
+    if user.disabled:
+        return (
+            f"Workbench: open {base}/ — the user {user.name!r} is disabled "
+            f"(datasources users enable {user.name})."
+        )
+    return (
+        f"Workbench: open {base}/ and sign in as {user.name} with the password in "
+        f"{user.password_file}"
+    )
 
 
 def serve(
@@ -124,6 +194,7 @@ def serve(
             update={"allow_private_networks": True, "local_folder_roots": roots}
         )
         key = run_command(prepare_demo(settings, new_key=new_key))
+        demo_user = run_command(prepare_demo_user(settings))
         base = f"http://{api.host}:{api.port}"
         out.print(
             "[bold]datasources[/] — embedded default (SQLite store and key file in "
@@ -149,6 +220,7 @@ def serve(
             markup=False,
         )
         out.print(f"  API docs in a browser: {base}/docs", markup=False)
+        out.print(_workbench_line(base, demo_user), markup=False)
     else:
         err.print(
             f"datasources: serving http://{api.host}:{api.port} (API docs at /docs); "

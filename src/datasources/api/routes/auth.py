@@ -90,7 +90,7 @@ async def login(
         return _page("This sign-in form was sent from another site; use this page.", target, 403)
     limiter: LoginLimiter = request.app.state.login_limiter
     name = name[:200]
-    wait = limiter.retry_after(name, client)
+    wait = await limiter.retry_after(name, client)
     if wait is not None:
         logger.warning(json.dumps({"event": "login_limited", "client": client}))
         minutes = max(1, round(wait / 60))
@@ -104,10 +104,10 @@ async def login(
     users: Users = request.app.state.users
     user = await users.verify(name, password[: MAX_PASSWORD_CHARS + 1])
     if user is None:
-        limiter.failed(name, client)
+        await limiter.failed(name, client)
         logger.warning(json.dumps({"event": "login_failed", "client": client}))
         return _page("Wrong name or password.", target, 401)
-    limiter.succeeded(name)
+    await limiter.succeeded(name)
     sessions: WebSessions = request.app.state.sessions
     await sessions.end(session_token(request))  # whatever was presented before: gone
     new = await sessions.start(user)

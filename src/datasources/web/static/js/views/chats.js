@@ -77,12 +77,15 @@ async function filesPanel(chatId, panel) {
   }
 }
 
+// An 'execution' is code the user ran (Run again, or POST …/execute): its code, then output.
+const ROLE_LABELS = {user: 'You', assistant: 'Reply', execution: 'Code run'};
+
 async function messageElement(chatId, message) {
   const body = message.role === 'user'
     ? h('div', {class: 'part-text'}, markdown(message.content))
     : h('div', {}, ...(await Promise.all(message.parts.map((p) => renderPart(chatId, p)))));
   return h('article', {class: `msg ${message.role}`},
-    h('div', {class: 'role'}, message.role === 'user' ? 'You' : 'Reply'), body);
+    h('div', {class: 'role'}, ROLE_LABELS[message.role] || 'Reply'), body);
 }
 
 export async function chatView({main, params, signal, navigate}) {
