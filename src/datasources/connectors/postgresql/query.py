@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from datasources.connectors.postgresql.errors import DROPPED_CONNECTION, dropped
+from datasources.connectors.postgresql.errors import DROPPED_CONNECTION
 from datasources.connectors.postgresql.session import PgSession, deadline
 from datasources.connectors.postgresql.values import jsonable
 from datasources.errors import InvalidInputError
@@ -192,16 +191,7 @@ class PgQueries(PgSession):
             truncated = len(records) > limit
             rows = [[jsonable(v) for v in record] for record in records[:limit]]
         except BaseException as exc:
-            dead = dropped(exc, conn)
-            if dead or isinstance(exc, builtins.TimeoutError):
-                await self._checkin(conn, broken=True)
-                if dead:
-                    await self._discard_all()
-            else:
-                await self._end(conn)
-                await self._checkin(conn)
-            if isinstance(exc, builtins.TimeoutError):
-                raise self._no_answer("query", seconds) from None
+            await self._after_failure(conn, exc, "query", seconds)
             raise
         # The rows are in hand: the rollback and the pool's reset run after the caller has
         # them, and the connection is lent again only when both are done.

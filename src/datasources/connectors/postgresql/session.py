@@ -330,19 +330,29 @@ class PgSession(BaseConnector[PostgreSQLConfig]):
         try:
             yield conn
         except BaseException as exc:
-            dead = dropped(exc, conn)
-            if dead or isinstance(exc, builtins.TimeoutError):
-                await self._checkin(conn, broken=True)
-                if dead:
-                    await self._discard_all()
-            else:
-                await self._end(conn)
-                await self._checkin(conn)
-            if isinstance(exc, builtins.TimeoutError):
-                raise self._no_answer("statement", seconds) from None
+            await self._after_failure(conn, exc, "statement", seconds)
             raise
         await self._end(conn)
         await self._checkin(conn)
+
+    async def _after_failure(
+        self, conn: Any, exc: BaseException, what: str, seconds: float
+    ) -> None:
+        """Give back a connection whose work failed; a timeout becomes our error.
+
+        A dead connection (or one that timed out, which may still be busy on the server)
+        is closed, never lent again, and a dead one takes the pool's others with it.
+        """
+        dead = dropped(exc, conn)
+        if dead or isinstance(exc, builtins.TimeoutError):
+            await self._checkin(conn, broken=True)
+            if dead:
+                await self._discard_all()
+        else:
+            await self._end(conn)
+            await self._checkin(conn)
+        if isinstance(exc, builtins.TimeoutError):
+            raise self._no_answer(what, seconds) from None
 
     def _no_answer(self, what: str, seconds: float) -> TimeoutError:
         return TimeoutError(
