@@ -9,6 +9,7 @@ leaves a torn line that would swallow the next entry.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -25,20 +26,26 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 PROVENANCE = {"source_id": "s", "source_type": "local_folder", "remote_path": "x"}
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def _tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs with ``options`` (root mounts it, as CI runs)."""
     if os.geteuid() != 0:
         if IN_CI:
             pytest.fail("CI runs as root: the full-disk tests need to mount a tmpfs")
         pytest.skip("mounting a tmpfs needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={16 * PAGE}", "tmpfs", str(mount)],
-                   check=True)  # fmt: skip
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with _tmpfs(tmp_path, f"size={16 * PAGE}") as mount:
+        yield mount
 
 
 def _fill(path: Path) -> int:
@@ -102,18 +109,8 @@ async def test_a_manifest_append_on_a_full_disk_keeps_no_file_and_no_torn_line(
 
 @pytest.fixture
 def few_inodes(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("CI runs as root: the full-disk tests need to mount a tmpfs")
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={64 * PAGE},nr_inodes=32", "tmpfs",
-                    str(mount)], check=True)  # fmt: skip
-    try:
+    with _tmpfs(tmp_path, f"size={64 * PAGE},nr_inodes=32") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_a_new_folder_on_a_disk_without_inodes_is_a_limit(few_inodes: Path) -> None:
