@@ -29,6 +29,7 @@ import pytest
 from datasources.config import GatewaySettings, SandboxLimits
 from datasources.sandbox.gateway_manager import GatewayManager
 from datasources.sandbox.runtime import DEFAULT_SANDBOX_ID
+from tests.conftest import IN_CI
 
 SERVICE_UID, SERVICE_GID = 1000, 100
 
@@ -37,7 +38,10 @@ SERVICE_UID, SERVICE_GID = 1000, 100
 def as_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The service's process runs as 1000:100, as in deploy/."""
     if os.geteuid() != 0:
-        pytest.skip("the kernel's identity is tried by a root test run (CI runs as root)")
+        message = "the kernel's identity is tried by a root test run (CI runs as root)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
     monkeypatch.setattr(os, "geteuid", lambda: SERVICE_UID)
     monkeypatch.setattr(os, "getuid", lambda: SERVICE_UID)
     monkeypatch.setattr(os, "getgid", lambda: SERVICE_GID)
