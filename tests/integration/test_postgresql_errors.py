@@ -14,11 +14,11 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from datasources.connectors.postgresql import PostgreSQLConnector
 from datasources.errors import DataSourceError, InvalidInputError, NotFoundError
+from tests.integration.pg import reader_connector
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,7 @@ FAILING = [
 async def connector(
     postgres_database: str, postgres_reader: str
 ) -> AsyncIterator[PostgreSQLConnector]:
-    conn = await asyncpg.connect(postgres_database)
-    try:
-        await conn.execute(SETUP)
-    finally:
-        await conn.close()
-    async with PostgreSQLConnector({"dsn": postgres_reader}, source_id="pg") as connector:
+    async with reader_connector(postgres_database, postgres_reader, SETUP) as connector:
         yield connector
 
 

@@ -23,6 +23,7 @@ from datasources.errors import (
 )
 from datasources.sql_guard import ReadOnlyViolation
 from datasources.workspace import Workspace
+from tests.integration.pg import reader_connector
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -55,12 +56,7 @@ INSERT INTO canary VALUES (1), (2);
 async def connector(
     postgres_database: str, postgres_reader: str
 ) -> AsyncIterator[PostgreSQLConnector]:
-    conn = await asyncpg.connect(postgres_database)
-    try:
-        await conn.execute(TYPES)
-    finally:
-        await conn.close()
-    async with PostgreSQLConnector({"dsn": postgres_reader}, source_id="pg") as connector:
+    async with reader_connector(postgres_database, postgres_reader, TYPES) as connector:
         yield connector
 
 

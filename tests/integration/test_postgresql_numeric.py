@@ -13,7 +13,6 @@ import decimal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ import pytest
 from datasources.connectors.postgresql import PostgreSQLConnector
 from datasources.connectors.postgresql.arrow import numeric_result_type
 from datasources.workspace import Workspace
+from tests.integration.pg import reader_connector
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,7 @@ INSERT INTO sales VALUES (1, 19.99, 19.99), (2, 5.5, 5.50), (3, 100, 100.00), (4
 async def connector(
     postgres_database: str, postgres_reader: str
 ) -> AsyncIterator[PostgreSQLConnector]:
-    conn = await asyncpg.connect(postgres_database)
-    try:
-        await conn.execute(TABLES)
-    finally:
-        await conn.close()
-    async with PostgreSQLConnector({"dsn": postgres_reader}, source_id="pg") as connector:
+    async with reader_connector(postgres_database, postgres_reader, TABLES) as connector:
         yield connector
 
 
