@@ -3,6 +3,7 @@ disabled users, expired sessions, and no password, hash or token anywhere visibl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -457,3 +458,18 @@ async def test_connector_types_describe_their_config(web: Web) -> None:
     assert types["azure_blob"]["operator_fields"] == ["use_default_credential"]
     pg = types["postgresql"]
     assert pg["sql"] and {"password", "dsn"} <= set(pg["secret_fields"])
+
+
+async def test_concurrent_guesses_for_one_name_get_no_more_than_the_limit(web: Web) -> None:
+    """Checking the bucket before the (slow) argon2 verification and spending it only
+    after would let N guesses sent at once all be verified: the name's token is spent
+    before the password is checked."""
+    statuses = []
+
+    async def guess(n: int) -> None:
+        async with web.client(address=f"10.9.{n}.1") as client:
+            statuses.append((await sign_in(client, "alice", f"guess-{n}-password")).status_code)
+
+    await asyncio.gather(*(guess(n) for n in range(20)))
+    assert statuses.count(401) <= 5, statuses
+    assert statuses.count(429) >= 15, statuses

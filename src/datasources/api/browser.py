@@ -158,13 +158,23 @@ class LoginLimiter:
         return keys
 
     async def retry_after(self, name: str, address: str | None) -> int | None:
-        """Seconds to wait before this name or address may try again; None: go ahead."""
-        waits = [w for k in self._keys(name, address) if (w := await self._limiter.peek(k))]
+        """Seconds to wait before this name or address may try again; None: go ahead.
+
+        Going ahead spends the name's token now, before the (slow) password check: a
+        check here and a spend after it would let guesses sent at once all be verified.
+        A correct password gives it back (:meth:`succeeded`). The address's token is
+        spent by :meth:`failed` only, so that sign-ins from one shared address that
+        succeed do not count against it.
+        """
+        name_key, *address_keys = self._keys(name, address)
+        waits = [w for k in address_keys if (w := await self._limiter.peek(k))]
+        if not waits and (w := await self._limiter.take(name_key)):
+            waits.append(w)
         return max(1, math.ceil(max(waits))) if waits else None
 
     async def failed(self, name: str, address: str | None) -> None:
-        """Count a failure against the name and the address."""
-        for key in self._keys(name, address):
+        """Count a failure against the address (the name's token went in retry_after)."""
+        for key in self._keys(name, address)[1:]:
             await self._limiter.take(key)
 
     async def succeeded(self, name: str) -> None:
