@@ -668,3 +668,20 @@ def test_chat_in_a_real_terminal_sends_a_typed_block_whole(home: Path, folder: P
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_trusts_no_forwarding_proxy_unless_the_operator_names_one(
+    home: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """Found by review: uvicorn's default trusts ``X-Forwarded-For`` from loopback, so any
+    local client (every client of ``make run``) chose the address the sign-in limiter counts."""
+    import uvicorn
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.append(kw))
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    ok(home, "serve", "--workers", workers)
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.7")
+    ok(home, "serve", "--workers", workers)
+    assert [kw["forwarded_allow_ips"] for kw in seen] == ["", "10.0.0.7"]

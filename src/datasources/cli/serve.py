@@ -245,6 +245,7 @@ def serve(
             log_config=None,
             log_level=level,
             access_log=False,
+            forwarded_allow_ips=_trusted_proxies(),
         )
         return
     from datasources.api import create_app
@@ -256,4 +257,12 @@ def serve(
         log_config=None,
         log_level=level,
         access_log=False,
+        forwarded_allow_ips=_trusted_proxies(),
     )
+
+
+def _trusted_proxies() -> str:
+    """Peers whose ``X-Forwarded-For``/``-Proto`` are believed: only those the operator
+    names in ``FORWARDED_ALLOW_IPS``. uvicorn's own default trusts loopback, which lets any
+    local client pick the address the sign-in limiter counts."""
+    return os.environ.get("FORWARDED_ALLOW_IPS", "")
